@@ -1,0 +1,102 @@
+"""``scale_by_moments``: the exponential moving averages of g and |g|²."""
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ._formats import as_format
+from ._types import Moments, PyTree
+from ._validation import (
+    check_beta,
+    check_float_leaves,
+    check_same_shape,
+    flatten_like_updates,
+    require_update_tree,
+)
+
+
+class ScaleByMomentsState(NamedTuple):
+    """State of ``scale_by_moments``: the stored moments, one entry per parameter leaf."""
+
+    mu: PyTree  # first moment m, in its state format (default: the params' dtype)
+    nu: PyTree  # second moment v, in its state format (default: the params' dtype)
+
+
+def abs_sq(g: jax.Array) -> jax.Array:
+    """|g|²: g·g for real g, Re(conj(g)·g) for complex g (a real array)."""
+    return (g.conj() * g).real if jnp.iscomplexobj(g) else g * g
+
+
+def scale_by_moments(
+    b1: Any = 0.9,
+    b2: Any = 0.999,
+    mu_dtype: Any = None,
+    *,
+    nu_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Track Adam's moving averages of the gradient and its square.
+
+    .. math::
+        m_t = (1 - \beta_1) g_t + \beta_1 m_{t-1}, \qquad
+        v_t = (1 - \beta_2) |g_t|^2 + \beta_2 v_{t-1}
+
+    Opens the moment segment of a chain: each gradient leaf becomes a
+    ``Moments(mu=m_t, nu=v_t, grad=g_t)`` record, which ``bias_correct`` and
+    ``scale_by_rsqrt`` consume. The moments handed on are computed in the
+    promoted dtype of gradient and state; the state keeps them in its format.
+
+    Args:
+      b1: decay of the first moment, in [0, 1). 0 disables momentum.
+      b2: decay of the second moment, in [0, 1).
+      mu_dtype: storage of m: a float dtype, a moment format, or None for the
+        parameters' dtype (as ``optax.adam``'s ``mu_dtype``).
+      nu_dtype: storage of v, likewise.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` with ``ScaleByMomentsState``.
+
+    Example:
+      >>> import adamx, jax.numpy as jnp
+      >>> tx = adamx.scale_by_moments(b1=0.9, b2=0.999)
+      >>> state = tx.init({"w": jnp.zeros(3)})
+      >>> moments, state = tx.update({"w": jnp.ones(3)}, state)
+      >>> moments["w"].mu  # (1 - 0.9) * 1
+      Array([0.1, 0.1, 0.1], dtype=float32)
+
+    References:
+      Kingma & Ba, "Adam: A Method for Stochastic Optimization", arXiv:1412.6980.
+    """
+    check_beta("b1", b1)
+    check_beta("b2", b2)
+    mu_format = as_format("mu_dtype", mu_dtype)
+    nu_format = as_format("nu_dtype", nu_dtype)
+
+    def init_fn(params):
+        check_float_leaves("scale_by_moments", "parameter", params)
+        return ScaleByMomentsState(
+            mu=jax.tree.map(mu_format.init, params),
+            nu=jax.tree.map(nu_format.init, params),
+        )
+
+    def update_leaf(path, g, mu_stored, nu_stored):
+        m, v = mu_format.decode(mu_stored), nu_format.decode(nu_stored)
+        check_same_shape("scale_by_moments", path, g, m, "gradient")
+        mu = (1 - b1) * g + b1 * m
+        nu = (1 - b2) * abs_sq(g) + b2 * v
+        return Moments(mu, nu, g), mu_format.encode(mu, mu_stored), nu_format.encode(nu, nu_stored)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        require_update_tree("scale_by_moments", updates)
+        check_float_leaves("scale_by_moments", "gradient", updates)
+        paths_and_grads, treedef = jax.tree_util.tree_flatten_with_path(updates)
+        mus = flatten_like_updates("scale_by_moments", updates, state.mu, "state")
+        nus = flatten_like_updates("scale_by_moments", updates, state.nu, "state")
+        leaves = zip(paths_and_grads, mus, nus, strict=True)
+        rows = [update_leaf(path, g, m, v) for (path, g), m, v in leaves]
+        moments, mu, nu = (treedef.unflatten([row[i] for row in rows]) for i in range(3))
+        return moments, ScaleByMomentsState(mu=mu, nu=nu)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -1,0 +1,191 @@
+"""Eager checks with messages that say what was wrong, what was expected and how to fix it.
+
+Hyperparameter checks run at construction and only on concrete Python numbers:
+a traced value (``optax.inject_hyperparams``, ``jax.jit`` arguments) cannot be
+inspected without a host sync, so it is accepted as is. Tree checks run while
+tracing ``init``/``update``: they read structure, shapes and dtypes, never values.
+"""
+
+import math
+import numbers
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._types import PyTree, is_moments
+
+_PIPELINE = (
+    "grads -> scale_by_moments -> bias_correct -> scale_by_rsqrt -> "
+    "add_decoupled_weight_decay -> scale_by_lr -> updates"
+)
+
+
+def is_concrete_number(x: Any) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def check_beta(name: str, value: Any) -> None:
+    """A decay rate must lie in [0, 1): b = 1 would freeze the moving average."""
+    if isinstance(value, bool) or not (is_concrete_number(value) or _is_array_like(value)):
+        raise TypeError(
+            f"{name} must be a number in [0, 1), got {value!r} ({type(value).__name__})."
+        )
+    if is_concrete_number(value) and not 0.0 <= value < 1.0:
+        raise ValueError(
+            f"{name} must be in [0, 1), got {value}. It is the decay of a moving average "
+            f"(m_t = {name}*m + (1-{name})*g): {name}=1 never learns from new gradients and "
+            f"{name}<0 oscillates. Typical values: b1=0.9, b2=0.999."
+        )
+
+
+def check_non_negative(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not (is_concrete_number(value) or _is_array_like(value)):
+        raise TypeError(
+            f"{name} must be a non-negative number, got {value!r} ({type(value).__name__})."
+        )
+    if is_concrete_number(value) and not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}.")
+
+
+def check_scalar_or_schedule(name: str, value: Any) -> None:
+    """A rate is a non-negative number, a scalar array, or a schedule ``count -> rate``."""
+    if callable(value):
+        return
+    if isinstance(value, bool) or not (is_concrete_number(value) or _is_array_like(value)):
+        raise TypeError(
+            f"{name} must be a number or a schedule (a callable step -> value, such as "
+            f"optax.cosine_decay_schedule(...)), got {value!r} ({type(value).__name__})."
+        )
+    if _is_array_like(value) and np.ndim(value) != 0:
+        raise ValueError(f"{name} must be a scalar, got an array of shape {np.shape(value)}.")
+    if is_concrete_number(value) and not (math.isfinite(value) and value >= 0):
+        raise ValueError(
+            f"{name} must be a finite number >= 0, got {value}. "
+            "To maximise an objective, minimise its negation instead."
+        )
+
+
+def check_float_dtype(name: str, dtype: Any) -> None:
+    if dtype is not None and not jnp.issubdtype(dtype, jnp.inexact):
+        raise TypeError(f"{name} must be a floating-point dtype (or None), got {dtype}.")
+
+
+def _is_array_like(x: Any) -> bool:
+    return isinstance(x, (jax.Array, np.ndarray, np.generic))
+
+
+# ---------------------------------------------------------------------------
+# Tree checks (run at trace time; read only structure, shapes and dtypes).
+
+
+def check_float_leaves(stage: str, what: str, tree: PyTree) -> None:
+    """Every leaf must be a floating-point or complex array."""
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        dtype = jnp.result_type(leaf)
+        if not jnp.issubdtype(dtype, jnp.inexact):
+            raise TypeError(
+                f"{stage}: the {what} at {_keystr(path)} has dtype {dtype}, but Adam needs "
+                f"floating-point (or complex) {what}s. Cast it to a float dtype, or keep the leaf "
+                "out of the optimizer (optax.masked / optax.set_to_zero for non-trainable leaves)."
+            )
+
+
+def flatten_like_updates(stage: str, updates: PyTree, tree: PyTree, name: str) -> list:
+    """The entries of ``tree`` at the leaves of ``updates``; a clear error if the trees differ.
+
+    ``name`` is "state" (the optimizer state, shaped like the params given to
+    init) or "params".
+    """
+    try:
+        return jax.tree.structure(updates).flatten_up_to(tree)
+    except (ValueError, TypeError):
+        difference = _describe_difference(updates, tree, "gradients", name)
+        raise ValueError(
+            f"{stage}: the gradient tree does not match the {name}. {difference} "
+            "Gradients must have exactly the structure of the params given to init."
+        ) from None
+
+
+def check_mask(stage: str, mask: PyTree, params: PyTree) -> None:
+    """``mask`` must be a prefix of ``params`` with a Python bool at each of its leaves."""
+    try:
+        jax.tree.structure(mask).flatten_up_to(params)
+    except (ValueError, TypeError):
+        difference = _describe_difference(mask, params, "mask", "params")
+        raise ValueError(
+            f"{stage}: the mask does not match the params. {difference} A mask has the params' "
+            "structure (or a prefix of it) with True where the transformation applies; "
+            "build it from the params, e.g. mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p)."
+        ) from None
+    for path, leaf in jax.tree_util.tree_flatten_with_path(mask)[0]:
+        if not isinstance(leaf, (bool, np.bool_)):
+            raise TypeError(
+                f"{stage}: the mask leaf at {_keystr(path)} is {leaf!r} ({type(leaf).__name__}), "
+                "but mask leaves must be Python bools (True: apply here). A mask is static: "
+                "compute it from shapes, dtypes or paths, not from array values."
+            )
+
+
+def check_same_shape(stage: str, path: Any, got: Any, expected: Any, what: str) -> None:
+    if jnp.shape(got) != jnp.shape(expected):
+        raise ValueError(
+            f"{stage}: the {what} at {_keystr(path)} has shape {jnp.shape(got)}, but the "
+            f"optimizer state there has shape {jnp.shape(expected)}."
+        )
+
+
+def _describe_difference(prefix: PyTree, full: PyTree, prefix_name: str, full_name: str) -> str:
+    """Leaf paths only one tree has (a ``prefix`` leaf may stand for a ``full`` subtree)."""
+    short = [tuple(p) for p, _ in jax.tree_util.tree_flatten_with_path(prefix)[0]]
+    long = [tuple(p) for p, _ in jax.tree_util.tree_flatten_with_path(full)[0]]
+    only_short = [_keystr(s) for s in short if not any(q[: len(s)] == s for q in long)]
+    only_long = [_keystr(q) for q in long if not any(q[: len(s)] == s for s in short)]
+    parts = []
+    if only_short:
+        parts.append(f"Only in the {prefix_name}: {_first(only_short)}.")
+    if only_long:
+        parts.append(f"Only in the {full_name}: {_first(only_long)}.")
+    if not parts:
+        parts.append(
+            f"The leaf paths agree but the containers differ: the {prefix_name} are "
+            f"{jax.tree.structure(prefix)}."
+        )
+    return " ".join(parts)
+
+
+def _first(items: list, n: int = 5) -> str:
+    return ", ".join(items[:n]) + (f" (and {len(items) - n} more)" if len(items) > n else "")
+
+
+def require_params(stage: str, params: Any) -> None:
+    if params is None:
+        raise ValueError(
+            f"{stage} needs the current parameters: call "
+            "`tx.update(grads, opt_state, params)` (params as the third argument)."
+        )
+
+
+def require_moment_tree(stage: str, tree: PyTree) -> None:
+    """``tree`` must be a moment tree (every leaf a ``Moments`` record)."""
+    leaves = jax.tree.leaves(tree, is_leaf=is_moments)
+    if leaves and not all(is_moments(leaf) for leaf in leaves):
+        raise TypeError(
+            f"{stage} takes the moment tree made by scale_by_moments, but was given plain "
+            f"gradients/updates. Put it after scale_by_moments in the chain: {_PIPELINE}."
+        )
+
+
+def require_update_tree(stage: str, tree: PyTree) -> None:
+    """``tree`` must be plain gradients/updates, not a moment tree."""
+    if any(is_moments(leaf) for leaf in jax.tree.leaves(tree, is_leaf=is_moments)):
+        raise TypeError(
+            f"{stage} takes gradients/updates, but was given the moment tree of "
+            "scale_by_moments. Close the moment segment with scale_by_rsqrt before it: "
+            f"{_PIPELINE}."
+        )
+
+
+def _keystr(path: Any) -> str:
+    return jax.tree_util.keystr(tuple(path)) or "<root>"

@@ -68,8 +68,16 @@ def check_scalar_or_schedule(name: str, value: Any) -> None:
 
 
 def check_float_dtype(name: str, dtype: Any) -> None:
-    if dtype is not None and not jnp.issubdtype(dtype, jnp.inexact):
-        raise TypeError(f"{name} must be a floating-point dtype (or None), got {dtype}.")
+    try:
+        ok = dtype is None or jnp.issubdtype(dtype, jnp.inexact)
+        shown = dtype if dtype is None else jnp.dtype(dtype)
+    except TypeError:
+        ok, shown = False, repr(dtype)
+    if not ok:
+        raise TypeError(
+            f"{name} must be a floating-point dtype (e.g. jnp.bfloat16), a moment format, "
+            f"or None for the params' dtype; got {shown}."
+        )
 
 
 def _is_array_like(x: Any) -> bool:

@@ -1,0 +1,233 @@
+"""adamx.adam / adamx.adamw against optax.adam / optax.adamw: bit for bit.
+
+A declarative table of cases (adamx factory, optax factory, keyword arguments),
+expanded over parameter dtypes and randomised hyperparameters, each run for
+1000 jitted steps. adamx and optax run in separate jitted programs, so equality
+is not an artefact of XLA merging two identical computations.
+"""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from _paths import PATHS
+from _streams import gradient, make_params, run_open_loop
+
+import adamx
+
+STEPS = 1000
+
+
+def _matrices(params):
+    return jax.tree.map(lambda x: x.ndim > 1, params)
+
+
+def _pytree_mask(params):
+    # A literal pytree (not a callable): decay "w" and the nested block, not "b" or "scale".
+    del params
+    return {"w": True, "b": False, "scale": False, "block": {"k": True}}
+
+
+WARMUP_COSINE = optax.warmup_cosine_decay_schedule(0.0, 1e-2, 50, STEPS, end_value=1e-4)
+DECAY_SCHEDULE = optax.linear_schedule(0.1, 0.0, STEPS)
+
+# name: (factory name in both adamx and optax, keyword arguments)
+CASES = {
+    "adam": ("adam", dict(learning_rate=3e-3)),
+    "adam_schedule": ("adam", dict(learning_rate=WARMUP_COSINE, eps_root=1e-12)),
+    "nadam": ("adam", dict(learning_rate=3e-3, nesterov=True)),
+    "adam_no_momentum": ("adam", dict(learning_rate=1e-3, b1=0.0)),
+    "adam_mu_bf16": ("adam", dict(learning_rate=1e-3, mu_dtype=jnp.bfloat16)),
+    "adamw": ("adamw", dict(learning_rate=3e-3, weight_decay=0.1)),
+    "adamw_callable_mask": (
+        "adamw",
+        dict(learning_rate=WARMUP_COSINE, weight_decay=0.05, mask=_matrices, nesterov=True),
+    ),
+    "adamw_pytree_mask": ("adamw", dict(learning_rate=1e-3, weight_decay=0.3, mask="pytree")),
+    "adamw_decay_schedule": ("adamw", dict(learning_rate=1e-3, weight_decay=DECAY_SCHEDULE)),
+}
+
+
+def build(case: str, params):
+    name, kwargs = CASES[case]
+    kwargs = dict(kwargs)
+    if kwargs.get("mask") == "pytree":
+        kwargs["mask"] = _pytree_mask(params)
+    return getattr(adamx, name)(**kwargs), getattr(optax, name)(**kwargs)
+
+
+def random_config(seed: int) -> tuple[str, dict]:
+    """Randomised hyperparameters covering every option of adam/adamw."""
+    rng = np.random.default_rng(seed)
+    kwargs = dict(
+        learning_rate=float(10 ** rng.uniform(-4, -1)) if rng.random() < 0.5 else WARMUP_COSINE,
+        b1=0.0 if rng.random() < 0.25 else float(rng.uniform(0.5, 0.99)),
+        b2=float(1 - 10 ** rng.uniform(-4, -1)),
+        eps=float(10 ** rng.uniform(-10, -3)),
+        eps_root=0.0 if rng.random() < 0.5 else float(10 ** rng.uniform(-16, -8)),
+        mu_dtype=jnp.bfloat16 if rng.random() < 0.25 else None,
+        nesterov=bool(rng.random() < 0.5),
+    )
+    if rng.random() < 0.5:
+        return "adam", kwargs
+    mask = [None, _matrices, _pytree_mask(None)][rng.integers(3)]
+    decay = float(10 ** rng.uniform(-4, 0)) if rng.random() < 0.7 else DECAY_SCHEDULE
+    return "adamw", dict(kwargs, weight_decay=decay, mask=mask)
+
+
+def assert_runs_equal(ours, theirs, params, steps=STEPS):
+    p1, s1, u1 = run_open_loop(ours, params, steps)
+    p2, s2, u2 = run_open_loop(theirs, params, steps)
+    chex.assert_trees_all_equal(u1, u2)  # every step's update
+    chex.assert_trees_all_equal(p1, p2)
+    chex.assert_trees_all_equal(optax.tree.get(s1, "mu"), optax.tree.get(s2, "mu"))
+    chex.assert_trees_all_equal(optax.tree.get(s1, "nu"), optax.tree.get(s2, "nu"))
+    return p1
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("seed", range(8))
+def test_random_hyperparameters_float32(seed, path):
+    name, kwargs = random_config(seed)
+    params = make_params(jnp.float32, seed)
+    ours = PATHS[path](getattr(adamx, name)(**kwargs))
+    assert_runs_equal(ours, getattr(optax, name)(**kwargs), params)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("case", CASES)
+def test_cases_float32(case, path):
+    params = make_params(jnp.float32)
+    ours, theirs = build(case, params)
+    assert_runs_equal(PATHS[path](ours), theirs, params)
+
+
+# In low precision and complex, every case is bit-identical except a scheduled weight
+# decay: optax multiplies the float32 λ_t by θ in float32 and returns float32 updates,
+# adamx keeps the gradients' dtype (one rounding of u + λ_t·θ to bfloat16/float16).
+LOW_PRECISION_CASES = ["adam_schedule", "nadam", "adamw_callable_mask", "adamw_pytree_mask"]
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.complex64], ids=str)
+@pytest.mark.parametrize("case", LOW_PRECISION_CASES)
+def test_cases_other_dtypes(case, dtype, path):
+    params = make_params(dtype)
+    ours, theirs = build(case, params)
+    assert_runs_equal(PATHS[path](ours), theirs, params)
+
+
+def ulp_distance(a, b) -> int:
+    """Largest distance in units in the last place between two float trees of one dtype."""
+
+    def one(x, y):
+        bits = {2: np.int16, 4: np.int32, 8: np.int64}[x.dtype.itemsize]
+        # Reinterpret the bits as integers ordered like the floats they encode.
+        x, y = (np.asarray(v).view(bits).astype(np.int64) for v in (x, y))
+        x, y = (np.where(v < 0, np.iinfo(bits).min - v, v) for v in (x, y))
+        return int(np.max(np.abs(x - y)))
+
+    return max(jax.tree.leaves(jax.tree.map(one, a, b)))
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=str)
+def test_scheduled_decay_low_precision_is_within_one_rounding_per_step(dtype):
+    """adamx rounds u + λ_t·θ to the gradients' dtype where optax keeps float32.
+
+    Both start each step from the same parameters (teacher forcing on optax's
+    trajectory), so the updates can differ only by adamx's extra roundings: the
+    sum u + λ_t·θ (formed in float32, rounded once) and the product with -α_t,
+    each at most half an ulp of the result: at most 2 ulp in all.
+    """
+    params = make_params(dtype)
+    ours, theirs = build("adamw_decay_schedule", params)
+    key = jax.random.key(0)
+
+    @jax.jit
+    def run(params):
+        def body(carry, step):
+            params, s1, s2 = carry
+            g = gradient(params, step, key)
+            u1, s1 = ours.update(g, s1, params)
+            u2, s2 = theirs.update(g, s2, params)
+            return (optax.apply_updates(params, u2), s1, s2), (u1, u2)
+
+        init = (params, ours.init(params), theirs.init(params))
+        return jax.lax.scan(body, init, jnp.arange(STEPS))[1]
+
+    u1, u2 = run(params)
+    assert all(x.dtype == dtype for x in jax.tree.leaves(u1))
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(u2))  # optax promotes
+    assert ulp_distance(u1, optax.tree.cast(u2, dtype)) <= 2
+
+
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.complex128], ids=str)
+@pytest.mark.parametrize("case", ["adam", "nadam", "adamw_callable_mask", "adamw_decay_schedule"])
+def test_cases_double_precision(case, dtype):
+    with jax.enable_x64(True):
+        params = make_params(dtype)
+        ours, theirs = build(case, params)
+        assert_runs_equal(ours, theirs, params)
+
+
+# A real training loop: a small MLP classifier trained on a fixed, generated dataset
+# (gradients depend on the parameters, so any difference would compound).
+
+
+def _spirals(n=256, seed=0):
+    rng = np.random.default_rng(seed)
+    t = rng.uniform(0.5, 3.0, n)
+    label = rng.integers(0, 2, n)
+    angle = 2.5 * t + np.pi * label
+    x = np.stack([t * np.cos(angle), t * np.sin(angle)], 1) + 0.1 * rng.normal(size=(n, 2))
+    return jnp.asarray(x, jnp.float32), jnp.asarray(label)
+
+
+def _mlp_init(dtype, seed=0):
+    k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
+    params = {
+        "l1": {"w": jax.random.normal(k1, (2, 32)) / np.sqrt(2), "b": jnp.zeros(32)},
+        "l2": {"w": jax.random.normal(k2, (32, 32)) / np.sqrt(32), "b": jnp.zeros(32)},
+        "out": {"w": jax.random.normal(k3, (32, 2)) / np.sqrt(32), "b": jnp.zeros(2)},
+    }
+    return jax.tree.map(lambda x: x.astype(dtype), params)
+
+
+def _loss(params, x, y):
+    h = x.astype(params["l1"]["w"].dtype)
+    for layer in ("l1", "l2"):
+        h = jnp.tanh(h @ params[layer]["w"] + params[layer]["b"])
+    logits = (h @ params["out"]["w"] + params["out"]["b"]).astype(jnp.float32)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+def train(tx, params, steps=STEPS, batch=32):
+    x, y = _spirals()
+
+    @jax.jit
+    def run(params):
+        def body(carry, step):
+            params, state = carry
+            idx = jax.random.choice(jax.random.fold_in(jax.random.key(1), step), len(x), (batch,))
+            loss, grads = jax.value_and_grad(_loss)(params, x[idx], y[idx])
+            updates, state = tx.update(grads, state, params)
+            return (optax.apply_updates(params, updates), state), loss
+
+        (params, _), losses = jax.lax.scan(body, (params, tx.init(params)), jnp.arange(steps))
+        return params, losses
+
+    return run(params)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=str)
+@pytest.mark.parametrize("case", ["adam", "adamw_callable_mask"])
+def test_training_loop(case, dtype, path):
+    params = _mlp_init(dtype)
+    ours, theirs = build(case, params)
+    (p1, losses1), (p2, losses2) = train(PATHS[path](ours), params), train(theirs, params)
+    chex.assert_trees_all_equal(p1, p2)
+    chex.assert_trees_all_equal(losses1, losses2)
+    assert losses1[-100:].mean() < 0.5 * losses1[:10].mean()  # it really trained

@@ -1,0 +1,159 @@
+"""Properties every adamx optimizer keeps, with and without jit, on every execution path."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+from _paths import PATHS
+from _streams import gradient, make_params
+from absl.testing import parameterized
+
+import adamx
+
+SCHEDULE = optax.warmup_cosine_decay_schedule(0.0, 1e-2, 10, 100)
+
+
+def _matrices(params):
+    return jax.tree.map(lambda x: x.ndim > 1, params)
+
+
+OPTIMIZERS = {
+    "adam": lambda: adamx.adam(1e-3),
+    "adam_nesterov_mu_bf16": lambda: adamx.adam(SCHEDULE, nesterov=True, mu_dtype=jnp.bfloat16),
+    "adamw_masked_schedule": lambda: adamx.adamw(SCHEDULE, weight_decay=SCHEDULE, mask=_matrices),
+}
+DTYPES = {"f32": jnp.float32, "bf16": jnp.bfloat16, "f16": jnp.float16, "c64": jnp.complex64}
+CASES = [
+    (f"{path}_{opt}_{dt}", path, opt, dt) for path in PATHS for opt in OPTIMIZERS for dt in DTYPES
+]
+
+
+def _spec(tree):
+    return jax.tree.map(lambda x: (jnp.shape(x), jnp.result_type(x)), tree)
+
+
+class PropertiesTest(chex.TestCase):
+    def setUp(self):
+        super().setUp()
+        chex.clear_trace_counter()  # the counter is keyed by code, shared across cases
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.named_parameters(*CASES)
+    def test_dtypes_shapes_and_no_retrace(self, path, opt, dt):
+        tx = PATHS[path](OPTIMIZERS[opt]())
+        params = make_params(DTYPES[dt])
+        state = tx.init(params)
+        init_spec = _spec(state)
+
+        @self.variant
+        @chex.assert_max_traces(n=1)
+        def step(params, state, i):
+            updates, state = tx.update(gradient(params, i, jax.random.key(0)), state, params)
+            return optax.apply_updates(params, updates), state, updates
+
+        for i in range(3):
+            params, state, updates = step(params, state, jnp.int32(i))
+            # Updates have the gradients' dtype; the state never changes shape or dtype.
+            chex.assert_trees_all_equal_dtypes(updates, params)
+            chex.assert_trees_all_equal_shapes(updates, params)
+            self.assertEqual(_spec(state), init_spec)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.named_parameters(*[(f"{p}_{o}", p, o) for p in PATHS for o in OPTIMIZERS])
+    def test_state_stable_under_cond(self, path, opt):
+        tx = PATHS[path](OPTIMIZERS[opt]())
+        params = make_params(jnp.float32)
+
+        @self.variant
+        def maybe_step(params, state, do_step):
+            grads = gradient(params, 0, jax.random.key(1))
+            skip = lambda: (jax.tree.map(jnp.zeros_like, grads), state)  # noqa: E731
+            return jax.lax.cond(do_step, lambda: tx.update(grads, state, params), skip)
+
+        state = tx.init(params)
+        for do_step in (True, False, True):
+            _, state = maybe_step(params, state, jnp.bool_(do_step))
+        chex.assert_trees_all_equal_shapes_and_dtypes(state, tx.init(params))
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.named_parameters(*[(p, p) for p in PATHS])
+    def test_accepts_extra_keyword_arguments(self, path):
+        tx = PATHS[path](adamx.adamw(1e-3))
+        params = make_params(jnp.float32)
+        grads = gradient(params, 0, jax.random.key(2))
+
+        @self.variant
+        def both(g, s, p):
+            return tx.update(g, s, p)[0], tx.update(g, s, p, loss=jnp.float32(1.0), step=3)[0]
+
+        plain, extra = both(grads, tx.init(params), params)
+        chex.assert_trees_all_equal(extra, plain)
+
+
+# Composition with optax wrappers: the same result as the same wrapper around optax's
+# optimizer, bit for bit, over a few jitted steps.
+
+
+def _compare(ours, theirs, steps=20, dtype=jnp.float32):
+    params = make_params(dtype)
+    key = jax.random.key(3)
+
+    def run(tx):
+        @jax.jit
+        def go(params):
+            def body(carry, i):
+                params, state = carry
+                updates, state = tx.update(gradient(params, i, key), state, params)
+                return (optax.apply_updates(params, updates), state), updates
+
+            return jax.lax.scan(body, (params, tx.init(params)), jnp.arange(steps))
+
+        return go(params)
+
+    (p1, _), u1 = run(ours)
+    (p2, _), u2 = run(theirs)
+    chex.assert_trees_all_equal(u1, u2)
+    chex.assert_trees_all_equal(p1, p2)
+
+
+WRAPPERS = {
+    "inject_hyperparams": lambda f: optax.inject_hyperparams(f)(
+        learning_rate=SCHEDULE, b1=0.8, b2=0.99, eps=1e-6, weight_decay=0.05
+    ),
+    "multi_steps": lambda f: optax.MultiSteps(f(1e-2, weight_decay=0.1), every_k_schedule=3),
+    "masked": lambda f: optax.masked(f(1e-2, weight_decay=0.1), _matrices),
+    "clip_chain": lambda f: optax.chain(optax.clip_by_global_norm(1.0), f(SCHEDULE)),
+}
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("wrapper", WRAPPERS)
+def test_composes_with_optax_wrappers(wrapper, path):
+    @functools.wraps(adamx.adamw)  # keeps the signature inject_hyperparams reads
+    def factory(*args, **kwargs):
+        return PATHS[path](adamx.adamw(*args, **kwargs))
+
+    _compare(WRAPPERS[wrapper](factory), WRAPPERS[wrapper](optax.adamw))
+
+
+def test_inject_hyperparams_traces_once_and_can_change_rates():
+    """Hyperparameters arrive as traced scalars: one compilation serves every value."""
+    chex.clear_trace_counter()
+    tx = optax.inject_hyperparams(adamx.adamw)(learning_rate=1e-3, b1=0.9, b2=0.999)
+    params = make_params(jnp.float32)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def step(params, state, i):
+        updates, state = tx.update(gradient(params, i, jax.random.key(4)), state, params)
+        return optax.apply_updates(params, updates), state
+
+    state = tx.init(params)
+    params, state = step(params, state, 0)
+    state.hyperparams["learning_rate"] = jnp.float32(0.0)
+    frozen, state = step(params, state, 1)
+    # With α = 0 nothing moves, although b1, b2 and the moments are all traced values.
+    chex.assert_trees_all_equal(frozen, params)

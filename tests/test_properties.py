@@ -6,7 +6,6 @@ import chex
 import jax
 import jax.numpy as jnp
 import optax
-import pytest
 from _paths import PATHS
 from _streams import gradient, make_params
 from absl.testing import parameterized
@@ -94,30 +93,7 @@ class PropertiesTest(chex.TestCase):
 
 
 # Composition with optax wrappers: the same result as the same wrapper around optax's
-# optimizer, bit for bit, over a few jitted steps.
-
-
-def _compare(ours, theirs, steps=20, dtype=jnp.float32):
-    params = make_params(dtype)
-    key = jax.random.key(3)
-
-    def run(tx):
-        @jax.jit
-        def go(params):
-            def body(carry, i):
-                params, state = carry
-                updates, state = tx.update(gradient(params, i, key), state, params)
-                return (optax.apply_updates(params, updates), state), updates
-
-            return jax.lax.scan(body, (params, tx.init(params)), jnp.arange(steps))
-
-        return go(params)
-
-    (p1, _), u1 = run(ours)
-    (p2, _), u2 = run(theirs)
-    chex.assert_trees_all_equal(u1, u2)
-    chex.assert_trees_all_equal(p1, p2)
-
+# optimizer, bit for bit, over a few steps, with and without jit.
 
 WRAPPERS = {
     "inject_hyperparams": lambda f: optax.inject_hyperparams(f)(
@@ -129,14 +105,25 @@ WRAPPERS = {
 }
 
 
-@pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("wrapper", WRAPPERS)
-def test_composes_with_optax_wrappers(wrapper, path):
-    @functools.wraps(adamx.adamw)  # keeps the signature inject_hyperparams reads
-    def factory(*args, **kwargs):
-        return PATHS[path](adamx.adamw(*args, **kwargs))
+class CompositionTest(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.named_parameters(*[(f"{p}_{w}", p, w) for p in PATHS for w in WRAPPERS])
+    def test_composes_with_optax_wrappers(self, path, wrapper):
+        @functools.wraps(adamx.adamw)  # keeps the signature inject_hyperparams reads
+        def factory(*args, **kwargs):
+            return PATHS[path](adamx.adamw(*args, **kwargs))
 
-    _compare(WRAPPERS[wrapper](factory), WRAPPERS[wrapper](optax.adamw))
+        ours, theirs = WRAPPERS[wrapper](factory), WRAPPERS[wrapper](optax.adamw)
+        params = make_params(jnp.float32)
+        results = []
+        for tx in (ours, theirs):
+            step = self.variant(lambda p, s, g, tx=tx: tx.update(g, s, p))
+            p, state = params, tx.init(params)
+            for i in range(7):
+                updates, state = step(p, state, gradient(p, i, jax.random.key(3)))
+                p = optax.apply_updates(p, updates)
+            results.append(p)
+        chex.assert_trees_all_equal(*results)
 
 
 def test_inject_hyperparams_traces_once_and_can_change_rates():

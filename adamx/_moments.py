@@ -11,8 +11,10 @@ from ._types import Moments, PyTree
 from ._validation import (
     check_beta,
     check_float_leaves,
+    check_non_negative,
     check_same_shape,
     flatten_like_updates,
+    is_concrete_number,
     require_update_tree,
 )
 
@@ -22,6 +24,14 @@ class ScaleByMomentsState(NamedTuple):
 
     mu: PyTree  # first moment m, in its state format (default: the params' dtype)
     nu: PyTree  # second moment v, in its state format (default: the params' dtype)
+
+
+class InfNormMoments(Moments):
+    """A ``Moments`` record whose ``nu`` is the infinity norm u_t (AdaMax), not a mean square.
+
+    ``bias_correct`` leaves such a ``nu`` uncorrected and ``scale_by_rsqrt``
+    divides by it without a root; stages that assume a mean square reject it.
+    """
 
 
 def abs_sq(g: jax.Array) -> jax.Array:
@@ -35,12 +45,22 @@ def scale_by_moments(
     mu_dtype: Any = None,
     *,
     nu_dtype: Any = None,
+    infinity_norm: bool = False,
+    eps_inf: Any = 0.0,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Track Adam's moving averages of the gradient and its square.
 
     .. math::
         m_t = (1 - \beta_1) g_t + \beta_1 m_{t-1}, \qquad
         v_t = (1 - \beta_2) |g_t|^2 + \beta_2 v_{t-1}
+
+    With ``infinity_norm=True`` the second moment is AdaMax's exponentially
+    weighted infinity norm (Kingma & Ba, section 7.1), handed on as an
+    ``InfNormMoments`` record so that later stages take no root and apply no
+    bias correction to it:
+
+    .. math::
+        u_t = \max(|g_t| + \varepsilon_\infty, \beta_2 u_{t-1})
 
     Opens the moment segment of a chain: each gradient leaf becomes a
     ``Moments(mu=m_t, nu=v_t, grad=g_t)`` record, which ``bias_correct`` and
@@ -53,9 +73,16 @@ def scale_by_moments(
       mu_dtype: storage of m: a float dtype, a moment format, or None for the
         parameters' dtype (as ``optax.adam``'s ``mu_dtype``).
       nu_dtype: storage of v, likewise.
+      infinity_norm: track u_t (AdaMax) instead of v_t.
+      eps_inf: ε∞, added to |g| inside the max (where ``optax.adamax`` and
+        ``torch.optim.Adamax`` put their eps; Keras adds eps after the max,
+        which is ``scale_by_rsqrt``'s eps). Needs ``infinity_norm=True``.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` with ``ScaleByMomentsState``.
+
+    Raises:
+      ValueError: ``eps_inf`` without ``infinity_norm=True``.
 
     Example:
       >>> import adamx, jax.numpy as jnp
@@ -70,6 +97,15 @@ def scale_by_moments(
     """
     check_beta("b1", b1)
     check_beta("b2", b2)
+    check_non_negative("eps_inf", eps_inf)
+    if not isinstance(infinity_norm, bool):
+        raise TypeError(f"infinity_norm must be True or False, got {infinity_norm!r}.")
+    if not infinity_norm and not (is_concrete_number(eps_inf) and eps_inf == 0):
+        raise ValueError(
+            f"eps_inf={eps_inf!r} is the epsilon of AdaMax's infinity norm and needs "
+            "infinity_norm=True. For Adam's eps, use scale_by_rsqrt(eps=...)."
+        )
+    record = InfNormMoments if infinity_norm else Moments
     mu_format = as_format("mu_dtype", mu_dtype)
     nu_format = as_format("nu_dtype", nu_dtype)
 
@@ -84,8 +120,11 @@ def scale_by_moments(
         m, v = mu_format.decode(mu_stored), nu_format.decode(nu_stored)
         check_same_shape("scale_by_moments", path, g, m, "gradient")
         mu = (1 - b1) * g + b1 * m
-        nu = (1 - b2) * abs_sq(g) + b2 * v
-        return Moments(mu, nu, g), mu_format.encode(mu, mu_stored), nu_format.encode(nu, nu_stored)
+        if infinity_norm:
+            nu = jnp.maximum(jnp.abs(g) + eps_inf, b2 * v)
+        else:
+            nu = (1 - b2) * abs_sq(g) + b2 * v
+        return record(mu, nu, g), mu_format.encode(mu, mu_stored), nu_format.encode(nu, nu_stored)
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args

@@ -1,15 +1,60 @@
 """``scale_by_rsqrt``: the adaptive, per-parameter step m̂ / (sqrt(v̂) + eps)."""
 
-from typing import Any
+from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import optax
 
+from ._moments import InfNormMoments
 from ._types import Moments, map_moments
-from ._validation import check_non_negative, require_moment_tree
+from ._validation import check_beta, check_non_negative, is_concrete_number, require_moment_tree
 
 
-def scale_by_rsqrt(eps: Any = 1e-8, eps_root: Any = 0.0) -> optax.GradientTransformationExtraArgs:
+class ScaleByRsqrtState(NamedTuple):
+    """State of ``scale_by_rsqrt`` when it needs the step (``epsilon_hat`` or rectification)."""
+
+    count: jax.Array  # shape=(), int32: steps taken, saturating at 2**31 - 1
+
+
+def _check_options(b2, epsilon_hat, rectify_threshold) -> None:
+    if not isinstance(epsilon_hat, bool):
+        raise TypeError(f"epsilon_hat must be True or False, got {epsilon_hat!r}.")
+    if rectify_threshold is not None:
+        check_non_negative("rectify_threshold", rectify_threshold)
+    uses_b2 = epsilon_hat or rectify_threshold is not None
+    if uses_b2 and b2 is None:
+        raise ValueError(
+            "epsilon_hat and rectify_threshold depend on the step through 1 - b2**t: pass "
+            "b2 (the second-moment decay given to scale_by_moments), e.g. scale_by_rsqrt("
+            "1e-8, b2=0.999, epsilon_hat=True)."
+        )
+    if b2 is not None:
+        check_beta("b2", b2)
+        if not uses_b2:
+            raise ValueError(
+                "scale_by_rsqrt uses b2 only for epsilon_hat=True or rectify_threshold=...; "
+                "pass one of them, or drop b2."
+            )
+
+
+def _rectification(b2: Any, t: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(ρ_t, r_t) of RAdam, as optax.scale_by_radam computes them."""
+    rho_inf = 2.0 / (1.0 - b2) - 1.0
+    b2t = b2**t
+    rho = rho_inf - 2 * t * b2t / (1 - b2t)
+    r = jnp.sqrt((rho - 4.0) * (rho - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho))
+    return rho, r
+
+
+def scale_by_rsqrt(
+    eps: Any = 1e-8,
+    eps_root: Any = 0.0,
+    *,
+    b2: Any = None,
+    epsilon_hat: bool = False,
+    rectify_threshold: Any = None,
+) -> optax.GradientTransformationExtraArgs:
     r"""Scale the first moment by the inverse root of the second.
 
     .. math::
@@ -19,24 +64,89 @@ def scale_by_rsqrt(eps: Any = 1e-8, eps_root: Any = 0.0) -> optax.GradientTransf
     constant leaves :math:`u_t` unchanged (up to ``eps``). Closes the moment
     segment: takes the moment tree, returns updates with the gradients' dtype.
 
+    An infinity-norm record (AdaMax, ``scale_by_moments(infinity_norm=True)``)
+    is used without a root: :math:`u_t = \hat m_t / (u_t + \varepsilon)`.
+
+    ``epsilon_hat=True`` adds ε to the *uncorrected* root, as Keras (and
+    Kingma & Ba's "ε̂" form) do:
+    :math:`u_t = \hat m_t / (\sqrt{\hat v_t} + \varepsilon / \sqrt{1-\beta_2^t})`.
+
+    ``rectify_threshold=τ`` rectifies the variance (RAdam), with
+    :math:`\rho_\infty = 2/(1-\beta_2) - 1` and
+    :math:`\rho_t = \rho_\infty - 2t\beta_2^t/(1-\beta_2^t)`:
+
+    .. math::
+        u_t = \begin{cases} r_t \, \hat m_t / (\sqrt{\hat v_t + \bar\varepsilon}
+              + \varepsilon) & \rho_t \ge \tau \\ \hat m_t & \text{otherwise} \end{cases}
+        \qquad r_t = \sqrt{\frac{(\rho_t-4)(\rho_t-2)\rho_\infty}
+              {(\rho_\infty-4)(\rho_\infty-2)\rho_t}}
+
     Args:
       eps: added to the root, bounds the step where v̂ is tiny (>= 0).
       eps_root: added under the root; a small positive value keeps the
         derivative of the update finite when differentiating through it (>= 0).
+      b2: the second-moment decay of ``scale_by_moments``; needed (only) by
+        ``epsilon_hat`` and ``rectify_threshold``, which then keep a step count.
+      epsilon_hat: add ε to the uncorrected root (Keras, torch's RAdam).
+      rectify_threshold: τ of RAdam (optax and torch use 5); None: no rectification.
 
     Returns:
-      A stateless ``optax.GradientTransformationExtraArgs``.
+      An ``optax.GradientTransformationExtraArgs``, stateless unless ``b2`` is given.
+
+    Raises:
+      ValueError: ``epsilon_hat``/``rectify_threshold`` without ``b2`` (or the
+        reverse); at trace time, these options or ``eps_root`` with an
+        infinity-norm record.
+
+    References:
+      Kingma & Ba, arXiv:1412.6980, sections 2 and 7.1; Liu et al., "On the
+      Variance of the Adaptive Learning Rate and Beyond", arXiv:1908.03265.
     """
     check_non_negative("eps", eps)
     check_non_negative("eps_root", eps_root)
+    _check_options(b2, epsilon_hat, rectify_threshold)
+    counted = b2 is not None
 
-    def step(m: Moments):
-        u = m.mu / (jnp.sqrt(m.nu + eps_root) + eps)
-        return u.astype(m.grad.dtype)
+    def init_fn(params):
+        del params
+        return ScaleByRsqrtState(count=jnp.zeros([], jnp.int32)) if counted else optax.EmptyState()
+
+    def adaptive(m: Moments, eps_t: Any, r: Any):
+        if isinstance(m, InfNormMoments):
+            _check_inf_norm(eps_root, epsilon_hat, rectify_threshold)
+            return m.mu / (m.nu + eps)
+        eps_m = eps_t if isinstance(eps_t, (int, float)) else eps_t.astype(m.nu.dtype)
+        mu = m.mu if r is None else r.astype(m.mu.dtype) * m.mu
+        return mu / (jnp.sqrt(m.nu + eps_root) + eps_m)
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
         require_moment_tree("scale_by_rsqrt", updates)
-        return map_moments(step, updates), state
+        if not counted:
+            return map_moments(
+                lambda m: adaptive(m, eps, None).astype(m.grad.dtype), updates
+            ), state
+        t = optax.safe_increment(state.count)
+        eps_t = eps / jnp.sqrt(1 - b2**t) if epsilon_hat else eps
+        if rectify_threshold is None:
+            step = lambda m: adaptive(m, eps_t, None)  # noqa: E731
+        else:
+            rho, r = _rectification(b2, t)
+            step = lambda m: jnp.where(rho >= rectify_threshold, adaptive(m, eps_t, r), m.mu)  # noqa: E731
+        return map_moments(lambda m: step(m).astype(m.grad.dtype), updates), ScaleByRsqrtState(t)
 
-    return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _check_inf_norm(eps_root, epsilon_hat, rectify_threshold) -> None:
+    if epsilon_hat or rectify_threshold is not None:
+        raise ValueError(
+            "scale_by_rsqrt: epsilon_hat and rectify_threshold assume a mean-square second "
+            "moment, but scale_by_moments(infinity_norm=True) tracks an infinity norm (AdaMax). "
+            "Drop these options, or use the default second moment."
+        )
+    if not (is_concrete_number(eps_root) and eps_root == 0):
+        raise ValueError(
+            f"scale_by_rsqrt: eps_root={eps_root!r} goes under a root, but an infinity-norm "
+            "second moment (AdaMax) is used without one. Use eps (or scale_by_moments' eps_inf)."
+        )

@@ -6,12 +6,13 @@ from typing import Any
 import jax
 import optax
 
-from ._rates import current_rate, init_rate_state, like
+from ._rates import current_rate, init_rate_state
 from ._types import PyTree
 from ._validation import (
     check_mask,
     check_scalar_or_schedule,
     flatten_like_updates,
+    is_concrete_number,
     require_params,
     require_update_tree,
 )
@@ -22,6 +23,8 @@ Mask = PyTree | Callable[[PyTree], PyTree]
 def add_decoupled_weight_decay(
     weight_decay: Any = 1e-4,
     mask: Mask | None = None,
+    *,
+    peak_learning_rate: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Add the decayed parameters to the (already adaptive) update.
 
@@ -33,11 +36,26 @@ def add_decoupled_weight_decay(
     An L2 penalty added to the gradient instead is divided by
     :math:`\sqrt{\hat v}`, so large, active weights decay least.
 
+    *Fully decoupled* weight decay (Loshchilov & Hutter, section 3) makes the
+    decay follow the learning-rate schedule's shape but not its peak
+    :math:`\hat\alpha`: with ``peak_learning_rate`` the stage adds
+    :math:`(\lambda_t/\hat\alpha)\,\theta_{t-1}`, so that after ``scale_by_lr``
+
+    .. math::
+        \Delta\theta_t = -\alpha_t u_t - \frac{\alpha_t}{\hat\alpha} \lambda_t \theta_{t-1}
+
+    and tuning the peak learning rate no longer changes the effective decay
+    (with a constant α: :math:`\theta_t = (1-\lambda)\theta_{t-1} - \alpha u_t`).
+
     Args:
       weight_decay: λ, a non-negative number or a schedule ``step -> λ_t``.
       mask: which leaves decay: a pytree of bools with the params' structure
-        (or a prefix of it), or a callable ``params -> such a pytree``.
+        (or a prefix of it), or a callable ``params -> such a pytree`` (see
+        ``adamx.path_mask`` to decide by the leaf's path).
         None decays every leaf.
+      peak_learning_rate: :math:`\hat\alpha` > 0 for fully decoupled decay
+        (the peak of the schedule given to ``scale_by_lr``); None: decoupled
+        (AdamW), the decay scales with α_t.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
@@ -51,7 +69,29 @@ def add_decoupled_weight_decay(
       Loshchilov & Hutter, "Decoupled Weight Decay Regularization", arXiv:1711.05101.
     """
     check_scalar_or_schedule("weight_decay", weight_decay)
-    stage = "add_decoupled_weight_decay"
+    rate = relative_to_peak(weight_decay, peak_learning_rate)
+    return add_weight_decay_stage("add_decoupled_weight_decay", rate, mask)
+
+
+def relative_to_peak(weight_decay: Any, peak_learning_rate: Any) -> Any:
+    """λ_t / α̂ (a number or a schedule), or λ_t itself when ``peak_learning_rate`` is None."""
+    if peak_learning_rate is None:
+        return weight_decay
+    check_scalar_or_schedule("peak_learning_rate", peak_learning_rate)
+    if callable(peak_learning_rate) or (
+        is_concrete_number(peak_learning_rate) and peak_learning_rate <= 0
+    ):
+        raise ValueError(
+            f"peak_learning_rate must be a number > 0, got {peak_learning_rate!r}: it is the "
+            "peak α̂ of the learning-rate schedule, which fully decoupled decay divides by."
+        )
+    if callable(weight_decay):
+        return lambda count: weight_decay(count) / peak_learning_rate
+    return weight_decay / peak_learning_rate
+
+
+def add_weight_decay_stage(stage: str, weight_decay: Any, mask: Mask | None):
+    """u + λ_t θ on every unmasked leaf; ``stage`` names it in error messages."""
 
     def init_fn(params):
         del params
@@ -66,7 +106,8 @@ def add_decoupled_weight_decay(
             return updates, state  # exactly u, even where θ is inf or nan
         leaves, treedef = jax.tree.flatten(updates)
         thetas = flatten_like_updates(stage, updates, params, "params")
-        decay_leaf = lambda u, p: (u + like(decay, p) * p).astype(u.dtype)  # noqa: E731
+        # A scheduled λ_t is float32: u + λ_t·θ is formed in float32 and rounded once.
+        decay_leaf = lambda u, p: (u + decay * p).astype(u.dtype)  # noqa: E731
         return treedef.unflatten(list(map(decay_leaf, leaves, thetas))), state
 
     tx = optax.GradientTransformationExtraArgs(init_fn, update_fn)

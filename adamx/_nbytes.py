@@ -1,0 +1,35 @@
+"""``state_nbytes``: how many bytes an optimizer state holds."""
+
+import jax
+import numpy as np
+
+from ._types import PyTree
+
+
+def state_nbytes(state: PyTree) -> int:
+    """Bytes held by the arrays of an optimizer state (or any pytree).
+
+    Sums ``size * itemsize`` over the leaves: arrays, NumPy scalars and
+    ``jax.ShapeDtypeStruct`` (so ``jax.eval_shape(tx.init, params)`` is measured
+    without allocating). Sizes are global: a sharded array counts once, not per
+    device. Python numbers count as 0 bytes (they are not device memory).
+
+    Args:
+      state: an optimizer state, e.g. ``tx.init(params)``.
+
+    Returns:
+      The number of bytes, an int.
+
+    Example:
+      >>> import adamx, jax.numpy as jnp
+      >>> adamx.state_nbytes(adamx.adam(1e-3).init({"w": jnp.zeros(1000)}))  # m, v, count
+      8004
+    """
+    total = 0
+    for leaf in jax.tree.leaves(state):
+        if not (hasattr(leaf, "shape") and hasattr(leaf, "dtype")):
+            continue
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):  # typed key: count its data
+            leaf = jax.random.key_data(leaf)
+        total += int(np.prod(leaf.shape, dtype=np.int64)) * np.dtype(leaf.dtype).itemsize
+    return total

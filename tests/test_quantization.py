@@ -1,0 +1,219 @@
+"""Blockwise 8-bit codec and the ``blockwise_8bit`` format: maps, round trips, layout, errors.
+
+References are independent: NumPy brute-force nearest-neighbour search over the
+map, the dynamic-tree construction written out from the paper, hand-counted bytes.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import adamx
+from adamx._quantization import NAN_CODE, QuantMap, dequantize, quantize
+
+MAPS = [("dynamic", True), ("dynamic", False), ("linear", True), ("linear", False)]
+
+
+def _nearest_error(table: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Distance from each y to its nearest finite map value (NumPy brute force)."""
+    finite = table[np.isfinite(table)]
+    return np.abs(finite[None, :] - y[:, None]).min(axis=1)
+
+
+@pytest.mark.parametrize(("kind", "signed"), MAPS)
+def test_map_is_sorted_with_endpoints_and_a_nan_code(kind, signed):
+    table = QuantMap(kind, signed).values()
+    assert table.shape == (256,) and table.dtype == np.float32
+    assert np.isnan(table[NAN_CODE])
+    finite = table[:NAN_CODE]
+    assert np.all(np.diff(finite) > 0)
+    assert finite[-1] == 1.0 and 0.0 in finite
+    assert finite[0] == (-1.0 if signed else 0.0)
+
+
+def test_dynamic_map_matches_the_paper_construction():
+    # Dettmers et al. 2021, dynamic tree: 10^-e times a linear fraction in (0.1, 1];
+    # the fraction's resolution halves with each extra exponent digit.
+    for signed, top in ((True, 64), (False, 128)):
+        expected = sorted(
+            10.0**-e * (0.1 + 0.9 * j / (top >> e))
+            for e in range(7)
+            for j in range(1, (top >> e) + 1)
+        )
+        positive = QuantMap("dynamic", signed).values()[:NAN_CODE]
+        np.testing.assert_allclose(positive[positive > 0], expected, rtol=1e-6)
+    smallest = QuantMap("dynamic", False).values()[1]
+    assert 1e-7 < smallest < 1e-6  # the second moment keeps 7 decades below its block max
+
+
+@pytest.mark.parametrize(("kind", "signed"), MAPS)
+def test_encoding_picks_the_nearest_map_value(kind, signed):
+    qmap = QuantMap(kind, signed)
+    table = qmap.values()
+    rng = np.random.default_rng(0)
+    n = 4000
+    sign = rng.choice([-1.0, 1.0], n) if signed else np.ones(n)
+    y = np.concatenate(
+        [
+            rng.uniform(-1.0 if signed else 0.0, 1.0, n),
+            sign * 10.0 ** rng.uniform(-9, 0, n),  # every decade of the dynamic range
+            table[:NAN_CODE],  # the map values themselves
+            (table[: NAN_CODE - 1] + table[1:NAN_CODE]) / 2 * (1 + 1e-6),  # near midpoints
+        ]
+    ).astype(np.float32)
+    y = y[(y >= -1) & (y <= 1)]
+    codes = np.asarray(qmap.index(jnp.asarray(y)))
+    got = np.abs(table[codes] - y)
+    np.testing.assert_array_less(got, _nearest_error(table, y) * (1 + 1e-5) + 1e-12)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_round_trip_error_is_bounded_per_block(signed):
+    # Blocks of very different magnitude: each keeps its own scale, so the error of
+    # an element is at most half the map's gap near it, times its own block's max.
+    rng = np.random.default_rng(1)
+    scales = 10.0 ** rng.uniform(-6, 3, size=(3, 8, 1))
+    x = rng.standard_normal((3, 8, 256)) * scales
+    x = (x if signed else np.abs(x)).astype(np.float32)
+    qmap = QuantMap("dynamic", signed)
+    codes, scale = quantize(jnp.asarray(x.reshape(3, 2048)), qmap, 256)
+    back = np.asarray(dequantize(codes, scale, qmap, (3, 2048))).reshape(3, 8, 256)
+    absmax = np.abs(x).max(axis=-1, keepdims=True)
+    np.testing.assert_allclose(np.asarray(scale), absmax[..., 0], rtol=0)
+    bound = _nearest_error(qmap.values(), (x / absmax).ravel()).reshape(x.shape) * absmax
+    f32_rounding = 4 * np.finfo(np.float32).eps * absmax  # of x / s and of q * s
+    np.testing.assert_array_less(np.abs(back - x), bound + f32_rounding)
+    # Within a decade of the block max the map is linear with 64 (signed) or 128 (unsigned)
+    # steps over [0.1, 1]: the error is at most half a step, 0.45/64 or 0.45/128 of the max.
+    big = np.abs(x) >= absmax / 10
+    half_step = 0.45 / (64 if signed else 128)
+    err = (np.abs(back - x) / absmax)[big]
+    assert err.max() <= half_step * (1 + 1e-4) and err.max() > half_step / 2
+
+
+def test_block_max_round_trips_exactly_and_zero_blocks_stay_zero():
+    x = np.zeros((2, 512), np.float32)
+    x[0, :256] = np.linspace(-3.0, 2.0, 256)
+    qmap = QuantMap("dynamic", True)
+    codes, scale = quantize(jnp.asarray(x), qmap, 256)
+    back = np.asarray(dequantize(codes, scale, qmap, x.shape))
+    assert back[0, 0] == -3.0
+    np.testing.assert_array_equal(back[:, 256:], 0.0)
+    np.testing.assert_array_equal(back[1], 0.0)
+
+
+def test_non_finite_elements_do_not_poison_their_block():
+    # Each NaN/inf decodes as NaN on its own; the block's scale ignores it.
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal(1024).astype(np.float32)
+    x[3], x[300], x[600] = np.nan, np.inf, -np.inf
+    qmap = QuantMap("dynamic", True)
+    codes, scale = quantize(jnp.asarray(x), qmap, 256)
+    back = np.asarray(dequantize(codes, scale, qmap, x.shape))
+    assert np.isnan(back[[3, 300, 600]]).all()
+    finite = np.isfinite(x)
+    assert np.isfinite(back[finite]).all()
+    np.testing.assert_allclose(
+        np.asarray(scale), np.nanmax(np.where(finite, np.abs(x), 0).reshape(4, 256), -1)
+    )
+    np.testing.assert_allclose(back[finite], x[finite], atol=0.01 * np.abs(x[finite]).max())
+
+
+def test_denormal_blocks_stay_finite():
+    tiny = np.float32(1e-40)  # a float32 denormal
+    x = np.full(512, tiny, np.float32)
+    x[256:] = np.linspace(-1.0, 1.0, 256)
+    x[300] = tiny
+    for signed in (True, False):
+        qmap = QuantMap("dynamic", signed)
+        xs = x if signed else np.abs(x)
+        codes, scale = quantize(jnp.asarray(xs), qmap, 256)
+        back = np.asarray(dequantize(codes, scale, qmap, x.shape))
+        assert np.isfinite(back).all()
+        assert np.all(np.abs(back[:256]) <= 2e-40)  # kept or flushed to zero, never blown up
+        np.testing.assert_allclose(back[256:], xs[256:], atol=0.01)
+
+
+def test_positive_second_moment_never_rounds_to_zero():
+    # v = 1e-12 next to v = 1 in one block: the nearest map value is 0, but a zero v
+    # would make m / (sqrt(v) + eps) explode, so the unsigned format keeps it positive.
+    v = np.ones(256, np.float32)
+    v[7] = 1e-12
+    qmap = QuantMap("dynamic", False)
+    codes, scale = quantize(jnp.asarray(v), qmap, 256, zero_point=False)
+    back = np.asarray(dequantize(codes, scale, qmap, v.shape))
+    assert back[7] == qmap.values()[1] and back[7] > 0
+    codes, scale = quantize(jnp.asarray(v), qmap, 256)  # plain nearest rounding
+    assert np.asarray(dequantize(codes, scale, qmap, v.shape))[7] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("shape", "codes_shape", "scale_shape"),
+    [
+        ((8, 4096), (8, 16, 256), (8, 16)),  # leading axes kept
+        ((64, 100), (64, 1, 100), (64, 1)),  # a short last axis is one block
+        ((4, 2, 600), (4, 2, 3, 256), (4, 2, 3)),  # a ragged last block is padded
+    ],
+)
+def test_blocks_run_along_the_last_axis(shape, codes_shape, scale_shape):
+    fmt = adamx.blockwise_8bit(signed=True, min_size=0)
+    stored = fmt.init(jnp.zeros(shape))
+    assert stored.codes.shape == codes_shape and stored.codes.dtype == jnp.uint8
+    assert stored.scale.shape == scale_shape and stored.scale.dtype == jnp.float32
+    x = jax.random.normal(jax.random.key(0), shape)
+    back = fmt.decode(fmt.encode(x, stored))
+    assert back.shape == shape and back.dtype == jnp.float32
+    np.testing.assert_allclose(back, x, atol=0.01 * float(jnp.abs(x).max()))
+
+
+def test_small_and_scalar_parameters_stay_float32():
+    fmt = adamx.blockwise_8bit(signed=False)  # min_size=4096
+    for param in (jnp.zeros((63, 65), jnp.bfloat16), jnp.zeros(()), jnp.zeros((4095,))):
+        stored = fmt.init(param)
+        assert isinstance(stored, jax.Array)
+        assert stored.shape == param.shape and stored.dtype == jnp.float32
+    assert isinstance(fmt.init(jnp.zeros((64, 64))), adamx.QuantizedArray)
+    assert isinstance(adamx.blockwise_8bit(min_size=10).init(jnp.zeros(10)), adamx.QuantizedArray)
+
+
+def test_sqrt_companding_stores_the_root():
+    fmt = adamx.blockwise_8bit(signed=False, sqrt=True, min_size=0)
+    v = (4.0 * 10.0 ** np.linspace(-14, 0, 256)).astype(np.float32)
+    stored = fmt.encode(jnp.asarray(v), fmt.init(jnp.asarray(v)))
+    assert float(stored.scale[0]) == pytest.approx(2.0)  # sqrt of the block max
+    # Decoded: the square of the map value nearest sqrt(v)/2 (never 0), times 4.
+    finite = QuantMap("dynamic", False).values()[1:NAN_CODE]
+    root = np.sqrt(v) / 2
+    nearest = finite[np.abs(finite[None, :] - root[:, None]).argmin(axis=1)]
+    np.testing.assert_allclose(fmt.decode(stored), 4 * nearest**2, rtol=1e-5)
+    assert np.all(np.asarray(fmt.decode(stored)) > 0)
+
+
+def test_state_nbytes_counts_codes_and_scales():
+    big, small = jnp.zeros((64, 1024)), jnp.zeros((10,))
+    fmt = adamx.blockwise_8bit(signed=True)
+    tree = {"big": fmt.init(big), "small": fmt.init(small)}
+    # 65536 one-byte codes + 256 float32 block scales + 10 float32 entries.
+    assert adamx.state_nbytes(tree) == 65536 + 4 * 256 + 4 * 10
+    assert adamx.state_nbytes(jax.eval_shape(lambda: tree)) == 65536 + 4 * 256 + 4 * 10
+    assert adamx.state_nbytes({"k": jax.random.key(0), "n": 3}) == 8
+
+
+@pytest.mark.parametrize("block_size", [0, 1, 3, 100, 257, 256.0, True])
+def test_block_size_must_be_a_power_of_two(block_size):
+    with pytest.raises(ValueError, match=r"block_size must be a power of two >= 2"):
+        adamx.blockwise_8bit(block_size=block_size)
+
+
+def test_bad_options_are_rejected():
+    with pytest.raises(ValueError, match=r'qmap must be "dynamic" or "linear", got \'log\''):
+        adamx.blockwise_8bit(qmap="log")
+    with pytest.raises(ValueError, match=r"min_size must be an int >= 0"):
+        adamx.blockwise_8bit(min_size=-1)
+    with pytest.raises(ValueError, match=r"sqrt=True .* needs signed=False"):
+        adamx.blockwise_8bit(signed=True, sqrt=True)
+    with pytest.raises(TypeError, match=r"signed must be True \(first moment\) or False"):
+        adamx.blockwise_8bit(signed="v")
+    with pytest.raises(TypeError, match=r"blockwise_8bit stores real moments.*complex64"):
+        adamx.blockwise_8bit(min_size=0).init(jnp.zeros(8, jnp.complex64))

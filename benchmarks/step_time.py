@@ -1,0 +1,398 @@
+"""Time one AdamW step: adamx vs optax vs torch.optim.AdamW (fused and foreach).
+
+One command::
+
+    python benchmarks/step_time.py            # full run (the four trees of issue 5)
+    python benchmarks/step_time.py --quick    # small trees, few reps: a smoke test in seconds
+
+Measures, for every tree and every contender, with the same hyperparameters:
+
+* per call: a jitted step with donated params and state, called from Python
+  and waited on, as a training loop does (torch: ``opt.step()``);
+* pure compute: K steps inside one jitted ``lax.fori_loop`` (the gradients go
+  through ``lax.optimization_barrier`` each step, so XLA cannot hoist g² out);
+* compile time: ``jit(step).lower(...).compile()`` of the per-call step.
+
+Contenders are interleaved (each repetition runs every contender once) and the
+median over repetitions is reported, beside the effective bandwidth
+(28 bytes per float32 parameter: read θ, g, m, v; write θ, m, v) and a
+bandwidth probe (a donated ``x + a*y`` stream kernel) measured in the same run.
+Writes ``benchmarks/results/step_time[_quick].json`` and prints a table.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import adamx
+
+HYPER = dict(lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-4)
+BYTES_PER_PARAM = 28  # float32 AdamW: read θ, g, m, v (16 B), write θ, m, v (12 B)
+RESULTS = Path(__file__).parent / "results"
+
+
+# --------------------------------------------------------------------------- trees
+
+
+def gpt2_small_shapes(n_layer: int = 12, d: int = 768, vocab: int = 50257, ctx: int = 1024):
+    """The 148 parameter shapes of GPT-2 small (124M parameters)."""
+    shapes = {"wte": (vocab, d), "wpe": (ctx, d), "ln_f.g": (d,), "ln_f.b": (d,)}
+    for i in range(n_layer):
+        block = {
+            "ln_1.g": (d,), "ln_1.b": (d,), "attn.c_attn.w": (d, 3 * d), "attn.c_attn.b": (3 * d,),
+            "attn.c_proj.w": (d, d), "attn.c_proj.b": (d,), "ln_2.g": (d,), "ln_2.b": (d,),
+            "mlp.c_fc.w": (d, 4 * d), "mlp.c_fc.b": (4 * d,), "mlp.c_proj.w": (4 * d, d),
+            "mlp.c_proj.b": (d,),
+        }  # fmt: skip
+        shapes.update({f"h{i}.{k}": v for k, v in block.items()})
+    return shapes
+
+
+def tree_shapes(quick: bool) -> dict:
+    if quick:
+        return {
+            "1 leaf x 1M": {"w": (1 << 20,)},
+            "32 leaves x 32K": {f"w{i}": (1 << 15,) for i in range(32)},
+            "200 leaves x 64": {f"b{i}": (64,) for i in range(200)},
+            "GPT-2 shapes, 2 layers d=128": gpt2_small_shapes(2, 128, 2048, 256),
+        }
+    return {
+        "1 leaf x 16M": {"w": (1 << 24,)},
+        "128 leaves x 128K": {f"w{i}": (1 << 17,) for i in range(128)},
+        "2000 leaves x 64": {f"b{i}": (64,) for i in range(2000)},
+        "GPT-2 small (148 leaves, 124M)": gpt2_small_shapes(),
+    }
+
+
+def make_tree(shapes: dict, seed: int, scale: float = 1.0) -> dict:
+    rng = np.random.default_rng(seed)
+    return {k: (scale * rng.standard_normal(s, dtype=np.float32)) for k, s in shapes.items()}
+
+
+# --------------------------------------------------------------------------- contenders
+
+
+def jax_contenders() -> dict:
+    h = HYPER
+    kw = dict(b1=h["b1"], b2=h["b2"], eps=h["eps"], weight_decay=h["weight_decay"])
+    return {
+        "optax.adamw": lambda: optax.adamw(h["lr"], **kw),
+        "adamx.adamw": lambda: adamx.adamw(h["lr"], **kw),
+        "adamx.multi_tensor": lambda: adamx.multi_tensor(adamx.adamw(h["lr"], **kw)),
+    }
+
+
+class JaxRunner:
+    """A donated, jitted step ``(params, state, grads) -> (params, state)``."""
+
+    def __init__(self, tx, params_np, grads):
+        self.tx, self.grads = tx, grads
+        self.params = jax.tree.map(jnp.array, params_np)
+        self.state = tx.init(self.params)
+
+        def step(params, state, grads):
+            updates, state = tx.update(grads, state, params)
+            return optax.apply_updates(params, updates), state
+
+        self.step_fn = step
+        start = time.perf_counter()
+        self.compiled = (
+            jax.jit(step, donate_argnums=(0, 1)).lower(self.params, self.state, grads).compile()
+        )
+        self.compile_s = time.perf_counter() - start
+        self.loop = None
+
+    def call(self, n: int) -> float:
+        """Seconds per call, over ``n`` calls each waited on."""
+        start = time.perf_counter()
+        for _ in range(n):
+            self.params, self.state = self.compiled(self.params, self.state, self.grads)
+            jax.block_until_ready(self.params)
+        return (time.perf_counter() - start) / n
+
+    def compile_loop(self, k: int) -> None:
+        step = self.step_fn
+
+        def many(params, state, grads):
+            def body(_, carry):
+                params, state = carry
+                g, params = jax.lax.optimization_barrier((grads, params))
+                return step(params, state, g)
+
+            return jax.lax.fori_loop(0, k, body, (params, state))
+
+        self.k = k
+        self.loop = (
+            jax.jit(many, donate_argnums=(0, 1))
+            .lower(self.params, self.state, self.grads)
+            .compile()
+        )
+
+    def compute(self) -> float:
+        """Seconds per step inside one jitted loop of ``k`` steps."""
+        start = time.perf_counter()
+        self.params, self.state = self.loop(self.params, self.state, self.grads)
+        jax.block_until_ready(self.params)
+        return (time.perf_counter() - start) / self.k
+
+    def result(self):
+        return self.params
+
+
+class TorchRunner:
+    def __init__(self, params_np, grads_np, **flags):
+        import torch
+
+        self.torch = torch
+        self.params = [torch.tensor(params_np[k]) for k in sorted(params_np)]
+        for p, k in zip(self.params, sorted(params_np), strict=True):
+            p.grad = torch.tensor(grads_np[k])
+        h = HYPER
+        self.opt = torch.optim.AdamW(
+            self.params, lr=h["lr"], betas=(h["b1"], h["b2"]), eps=h["eps"],
+            weight_decay=h["weight_decay"], **flags,
+        )  # fmt: skip
+        self.compile_s = None
+
+    def call(self, n: int) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            self.opt.step()
+        return (time.perf_counter() - start) / n
+
+
+# --------------------------------------------------------------------------- probes
+
+
+def bandwidth_probe(n: int, reps: int) -> float:
+    """GB/s of a donated ``x <- x + a*y`` (read 8 B, write 4 B per element)."""
+    f = jax.jit(lambda x, y: x + 0.5 * y, donate_argnums=0)
+    x, y = jnp.ones(n, jnp.float32), jnp.ones(n, jnp.float32)
+    x = f(x, y).block_until_ready()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        x = f(x, y).block_until_ready()
+        times.append(time.perf_counter() - start)
+    return 12 * n / statistics.median(times) / 1e9
+
+
+def conditions() -> dict:
+    import torch
+
+    return {
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "python": sys.version.split()[0],
+        "jax": jax.__version__,
+        "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else None,
+        "optax": optax.__version__,
+        "torch": torch.__version__,
+        "adamx": adamx.__version__,
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "torch_threads": torch.get_num_threads(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
+
+
+# --------------------------------------------------------------------------- main
+
+
+def bench_tree(name: str, shapes: dict, args) -> dict:
+    params_np = make_tree(shapes, 0)
+    grads_np = make_tree(shapes, 1, 1e-2)
+    n_params = sum(int(np.prod(s)) for s in shapes.values())
+    grads = jax.tree.map(jnp.array, grads_np)
+    print(f"\n== {name}: {len(shapes)} leaves, {n_params / 1e6:.2f}M params", flush=True)
+
+    runners = {}
+    for cname, make in jax_contenders().items():
+        runners[cname] = JaxRunner(make(), params_np, grads)
+        print(f"   compiled {cname} in {runners[cname].compile_s:.2f} s", flush=True)
+    if not args.no_torch:
+        runners["torch fused"] = TorchRunner(params_np, grads_np, fused=True)
+        runners["torch foreach"] = TorchRunner(params_np, grads_np, foreach=True)
+
+    # Bit-for-bit check before timing: every adamx contender against optax (same step count).
+    for r in runners.values():
+        r.call(1)
+    ref = runners["optax.adamw"].result()
+    identical = {
+        c: bool(all(np.array_equal(a, b) for a, b in zip(
+            jax.tree.leaves(ref), jax.tree.leaves(runners[c].result()), strict=True)))
+        for c in ("adamx.adamw", "adamx.multi_tensor")
+    }  # fmt: skip
+
+    calls = max(1, int(args.target_s / max(runners["optax.adamw"].call(1), 1e-6)))
+    per_call = {c: [] for c in runners}
+    for _ in range(args.reps):  # interleaved: one sample of every contender per repetition
+        for c, r in runners.items():
+            per_call[c].append(r.call(calls))
+
+    compute = {}
+    if not args.no_loop:
+        for c in jax_contenders():
+            runners[c].compile_loop(args.k)
+            runners[c].compute()
+        samples = {c: [] for c in jax_contenders()}
+        for _ in range(args.loop_reps):
+            for c in jax_contenders():
+                samples[c].append(runners[c].compute())
+        compute = {c: statistics.median(v) for c, v in samples.items()}
+
+    median = {c: statistics.median(v) for c, v in per_call.items()}
+    gbs = {c: BYTES_PER_PARAM * n_params / t / 1e9 for c, t in median.items()}
+    ratios = {
+        "adamx/optax": median["adamx.adamw"] / median["optax.adamw"],
+        "multi_tensor/optax": median["adamx.multi_tensor"] / median["optax.adamw"],
+        "multi_tensor/adamx": median["adamx.multi_tensor"] / median["adamx.adamw"],
+        "multi_tensor_compile/optax": runners["adamx.multi_tensor"].compile_s
+        / runners["optax.adamw"].compile_s,
+    }
+    if "torch fused" in median:
+        ratios["adamx/torch_fused"] = median["adamx.adamw"] / median["torch fused"]
+        ratios["multi_tensor/torch_fused"] = median["adamx.multi_tensor"] / median["torch fused"]
+    if compute:
+        ratios["compute adamx/optax"] = compute["adamx.adamw"] / compute["optax.adamw"]
+    compile_s = {c: runners[c].compile_s for c in jax_contenders()}
+    del runners
+    return {
+        "leaves": len(shapes),
+        "params": n_params,
+        "calls_per_sample": calls,
+        "per_call_ms": {c: 1e3 * t for c, t in median.items()},
+        "per_call_samples_ms": {c: [1e3 * t for t in v] for c, v in per_call.items()},
+        "compute_ms": {c: 1e3 * t for c, t in compute.items()},
+        "compile_s": compile_s,
+        "effective_GBps": gbs,
+        "ratios": ratios,
+        "bit_identical_to_optax": identical,
+    }
+
+
+def table(results: dict, probe: float) -> str:
+    cols = ["optax.adamw", "adamx.adamw", "adamx.multi_tensor", "torch fused", "torch foreach"]
+    lines = [
+        f"bandwidth probe (donated x + a*y): {probe:.1f} GB/s",
+        "",
+        "| tree | " + " | ".join(cols) + " | adamx/optax | adamx/torch fused | mt/optax | "
+        "mt/adamx | mt compile/optax |",
+        "|---" * (len(cols) + 6) + "|",
+    ]
+    for name, r in results.items():
+        cells = []
+        for c in cols:
+            if c not in r["per_call_ms"]:
+                cells.append("-")
+                continue
+            cell = f"{r['per_call_ms'][c]:.2f} ms ({r['effective_GBps'][c]:.0f} GB/s)"
+            if c in r["compute_ms"]:
+                cell += f"; loop {r['compute_ms'][c]:.2f} ms"
+            if c in r["compile_s"]:
+                cell += f"; compile {r['compile_s'][c]:.2f} s"
+            cells.append(cell)
+        q = r["ratios"]
+        fused = q.get("adamx/torch_fused")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(cells)
+            + f" | {q['adamx/optax']:.2f} | "
+            + (f"{fused:.2f}" if fused else "-")
+            + f" | {q['multi_tensor/optax']:.2f} | {q['multi_tensor/adamx']:.2f} | "
+            f"{q['multi_tensor_compile/optax']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = ["optax.adamw", "adamx.adamw", "adamx.multi_tensor", "torch fused", "torch foreach"]
+    names = list(results)
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    width = 0.8 / len(cols)
+    for j, c in enumerate(cols):
+        ys = [
+            results[n]["per_call_ms"].get(c, np.nan) / results[n]["per_call_ms"]["optax.adamw"]
+            for n in names
+        ]
+        ax.bar(np.arange(len(names)) + (j - len(cols) / 2 + 0.5) * width, ys, width, label=c)
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xticks(np.arange(len(names)), names, fontsize=8)
+    ax.set_ylabel("time per call / optax.adamw (lower is faster)")
+    ax.set_title("AdamW step, per call (jitted, donated), median")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small trees, few reps (seconds)")
+    parser.add_argument("--reps", type=int, default=None, help="interleaved repetitions")
+    parser.add_argument("--k", type=int, default=None, help="steps in the jitted loop")
+    parser.add_argument("--no-torch", action="store_true", help="skip torch.optim.AdamW")
+    parser.add_argument("--no-loop", action="store_true", help="skip the pure-compute loop")
+    parser.add_argument("--trees", default=None, help="comma-separated tree indices (0-3)")
+    parser.add_argument("--out", default=None, help="results JSON path")
+    args = parser.parse_args(argv)
+    args.reps = args.reps or (3 if args.quick else 11)
+    args.k = args.k or (5 if args.quick else 20)
+    args.loop_reps = 3 if args.quick else 5
+    args.target_s = 0.01 if args.quick else 0.2  # time per sample, at least one call
+
+    trees = tree_shapes(args.quick)
+    if args.trees:
+        keep = {int(i) for i in args.trees.split(",")}
+        trees = {k: v for i, (k, v) in enumerate(trees.items()) if i in keep}
+
+    info = conditions()
+    probe_n = (1 << 20) if args.quick else (1 << 24)
+    probe_before = bandwidth_probe(probe_n, 5 if args.quick else 21)
+    results = {}
+    for name, shapes in trees.items():
+        results[name] = bench_tree(name, shapes, args)
+    probe_after = bandwidth_probe(probe_n, 5 if args.quick else 21)
+    probe = statistics.median([probe_before, probe_after])
+    info["load_average_after"] = os.getloadavg()
+
+    print()
+    print(table(results, probe))
+    out = (
+        Path(args.out)
+        if args.out
+        else RESULTS / ("step_time_quick.json" if args.quick else "step_time.json")
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "conditions": info,
+        "hyperparameters": HYPER,
+        "args": {k: v for k, v in vars(args).items()},
+        "bandwidth_probe_GBps": {"before": probe_before, "after": probe_after},
+        "trees": results,
+    }
+    out.write_text(json.dumps(payload, indent=1))
+    plot(results, out.with_suffix(".png"))
+    print(f"\nwrote {out} and {out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -219,7 +219,7 @@ def train(tx, params, steps=STEPS, batch=32):
 
 
 @pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=str)
+@pytest.mark.parametrize("dtype", [F32, BF16], ids=lambda d: jnp.dtype(d).name)
 @pytest.mark.parametrize("case", ["adam", "adamw_callable_mask"])
 def test_training_loop(case, dtype, path):
     params = _mlp_init(dtype)

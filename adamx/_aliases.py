@@ -34,7 +34,7 @@ def build_chain(
     correct_nu: bool = True,
     epsilon_hat: bool = False,
     rectify_threshold: Any = None,
-    coupled_decay: Any = 0.0,
+    coupled_decay: Any = None,
     decoupled_decay: Any = None,
     mask: Mask | None = None,
     fully_decoupled: bool = False,
@@ -43,7 +43,7 @@ def build_chain(
     """The family's one chain; each option adds or configures a stage, unused stages are left out.
 
     ``amsgrad``: None, "raw" (running max before ``bias_correct``: torch, Keras)
-    or "corrected" (after it: optax). ``coupled_decay`` (0: no stage) goes before
+    or "corrected" (after it: optax). ``coupled_decay`` (None or 0: no stage) goes before
     the moments; ``decoupled_decay`` (None: no stage) after the adaptive step.
     """
     if amsgrad not in _AMSGRAD:
@@ -84,8 +84,10 @@ def build_chain(
 
 
 def _coupled_stage(weight_decay: Any, mask: Mask | None):
-    if is_concrete_number(weight_decay) and weight_decay == 0:
-        return None  # no stage at all: the chain (and its state) is exactly Adam's
+    if weight_decay is None or (is_concrete_number(weight_decay) and weight_decay == 0):
+        # No stage at all: the chain (and its state) is exactly Adam's. None, unlike 0.0, also
+        # stays static under optax.inject_hyperparams, so the state keeps optax's structure.
+        return None
     return add_coupled_weight_decay(weight_decay, mask)
 
 
@@ -125,7 +127,7 @@ def adam(
     mu_dtype: Any = None,
     *,
     nesterov: bool = False,
-    weight_decay: Any = 0.0,
+    weight_decay: Any = None,
     mask: Mask | None = None,
     epsilon_hat: bool = False,
     nu_dtype: Any = None,
@@ -155,15 +157,15 @@ def adam(
       eps_root: ε̄, added to v̂ under the root.
       mu_dtype: storage dtype of m (None: the params' dtype).
       nesterov: use Nesterov momentum.
-      weight_decay: λ of the coupled L2 term, a number or a schedule (0: none,
-        and no stage, so the chain is exactly optax's).
+      weight_decay: λ of the coupled L2 term, a number or a schedule. None (the
+        default) or 0: no stage, so the chain is exactly optax's.
       mask: which leaves the L2 term applies to (pytree, callable, ``path_mask``).
       epsilon_hat: add ε to the uncorrected root (Keras).
       nu_dtype: storage of v: a float dtype or a moment format (None: the params' dtype).
 
     Returns:
       ``chain(scale_by_moments, bias_correct, scale_by_rsqrt, scale_by_lr)``,
-      after ``add_coupled_weight_decay`` when ``weight_decay`` is not 0.
+      after ``add_coupled_weight_decay`` when ``weight_decay`` is given.
 
     Example:
       >>> import adamx, jax, jax.numpy as jnp, optax

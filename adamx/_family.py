@@ -20,7 +20,7 @@ def nadam(
     mu_dtype: Any = None,
     *,
     momentum_decay: Any = None,
-    weight_decay: Any = 0.0,
+    weight_decay: Any = None,
     mask: Mask | None = None,
     nu_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -42,7 +42,7 @@ def nadam(
       learning_rate: α, a number or a schedule.
       b1, b2, eps, eps_root, mu_dtype: as in :func:`adamx.adam`.
       momentum_decay: ψ of torch's NAdam; None: optax's constant β1.
-      weight_decay: coupled L2 λ (torch's ``weight_decay``); 0: none.
+      weight_decay: coupled L2 λ (torch's ``weight_decay``); None (default) or 0: none.
       mask: which leaves the L2 term applies to.
       nu_dtype: storage of v (a float dtype or a moment format).
 
@@ -119,7 +119,7 @@ def amsgrad(
     *,
     max_of: str = "corrected",
     epsilon_hat: bool = False,
-    weight_decay: Any = 0.0,
+    weight_decay: Any = None,
     mask: Mask | None = None,
     nu_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -144,7 +144,7 @@ def amsgrad(
       bias_correction_nu: correct v (False: the max of the raw v, never corrected).
       max_of: "corrected" (optax) or "raw" (torch, Keras).
       epsilon_hat: add ε to the uncorrected root (Keras).
-      weight_decay: coupled L2 λ (torch's ``weight_decay``); 0: none.
+      weight_decay: coupled L2 λ (torch's ``weight_decay``); None (default) or 0: none.
       mask: which leaves the L2 term applies to.
       nu_dtype: storage of v and of its maximum.
 
@@ -179,7 +179,7 @@ def adamax(
     eps: Any = 1e-8,
     *,
     eps_in_max: bool = True,
-    weight_decay: Any = 0.0,
+    weight_decay: Any = None,
     mask: Mask | None = None,
     mu_dtype: Any = None,
     nu_dtype: Any = None,
@@ -199,7 +199,7 @@ def adamax(
       b2: decay of the infinity norm.
       eps: ε (see ``eps_in_max``).
       eps_in_max: put ε inside the max (optax, torch) or after it (Keras).
-      weight_decay: coupled L2 λ (torch's ``weight_decay``); 0: none.
+      weight_decay: coupled L2 λ (torch's ``weight_decay``); None (default) or 0: none.
       mask: which leaves the L2 term applies to.
       mu_dtype, nu_dtype: storage of m and u.
 
@@ -269,7 +269,7 @@ def radam(
     *,
     nesterov: bool = False,
     epsilon_hat: bool = False,
-    weight_decay: Any = 0.0,
+    weight_decay: Any = None,
     decoupled_weight_decay: bool = False,
     mask: Mask | None = None,
     fully_decoupled: bool = False,
@@ -317,7 +317,7 @@ def radam(
         learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype,
         nu_dtype=nu_dtype, nesterov=nesterov, epsilon_hat=epsilon_hat,
         rectify_threshold=threshold,
-        coupled_decay=0.0 if decoupled_weight_decay else weight_decay,
+        coupled_decay=None if decoupled_weight_decay else weight_decay,
         decoupled_decay=weight_decay if decoupled_weight_decay else None,
         mask=mask, fully_decoupled=fully_decoupled, peak_learning_rate=peak_learning_rate,
     )  # fmt: skip

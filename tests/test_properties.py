@@ -144,3 +144,19 @@ def test_inject_hyperparams_traces_once_and_can_change_rates():
     frozen, state = step(params, state, 1)
     # With α = 0 nothing moves, although b1, b2 and the moments are all traced values.
     chex.assert_trees_all_equal(frozen, params)
+
+
+def test_inject_hyperparams_adam_keeps_optax_state_structure():
+    """adam's coupled L2 weight_decay defaults to None, which inject_hyperparams leaves static:
+    no extra stage appears, so the state has optax.adam's structure and the same values."""
+    ours = optax.inject_hyperparams(adamx.adam)(learning_rate=SCHEDULE, b1=0.8)
+    theirs = optax.inject_hyperparams(optax.adam)(learning_rate=SCHEDULE, b1=0.8)
+    params = make_params(jnp.float32)
+    s1, s2 = ours.init(params), theirs.init(params)
+    assert sorted(s1.hyperparams) == sorted(s2.hyperparams)
+    for i in range(3):
+        grads = gradient(params, i, jax.random.key(5))
+        u1, s1 = ours.update(grads, s1, params)
+        u2, s2 = theirs.update(grads, s2, params)
+        chex.assert_trees_all_equal(u1, u2)
+    chex.assert_trees_all_equal(optax.tree.get(s1, "nu"), optax.tree.get(s2, "nu"))

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import optax
 
 from ._moments import InfNormMoments
+from ._rates import like
 from ._types import Moments, map_moments
 from ._validation import check_beta, check_non_negative, require_moment_tree
 
@@ -22,10 +23,6 @@ class MomentumScheduleState(NamedTuple):
 
     count: jax.Array  # shape=(), int32: steps taken, saturating at 2**31 - 1
     mu_product: jax.Array  # shape=(), default float dtype (as torch): Π_{i<=t} μ_i
-
-
-def _like(c: jax.Array, x: jax.Array) -> jax.Array:
-    return c.astype(x.dtype)
 
 
 def _momentum(b1: Any, psi: Any, t: jax.Array) -> jax.Array:
@@ -153,7 +150,7 @@ def bias_correct(
         # 1 - b^t into each leaf's loop, where its rounding depends on the fusion, so matching
         # optax bit for bit needs the same graph, not only the same maths.
         if c_m is not None:
-            mu_hat = jax.tree.map(lambda m, g: _like(c_m, m) * m + _like(c_g, g) * g, mu, grad)
+            mu_hat = jax.tree.map(lambda m, g: like(c_m, m) * m + like(c_g, g) * g, mu, grad)
         elif nesterov:  # m̂ = b1·m/(1 - b1^(t+1)) + (1 - b1)·g/(1 - b1^t)
             mu_hat = jax.tree.map(
                 lambda m, g: b1 * m + (1 - b1) * g,

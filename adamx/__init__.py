@@ -35,6 +35,7 @@ from ._moments import scale_by_moments as scale_by_moments
 from ._multi_tensor import MultiTensorState as MultiTensorState
 from ._multi_tensor import PackedTree as PackedTree
 from ._multi_tensor import multi_tensor as multi_tensor
+from ._multi_tensor import pack as pack
 from ._nbytes import state_nbytes as state_nbytes
 from ._quantization import QuantizedArray as QuantizedArray
 from ._rates import ScheduleState as ScheduleState
@@ -78,6 +79,7 @@ __all__ = [
     "multi_tensor",
     "nadam",
     "nadamw",
+    "pack",
     "path_mask",
     "radam",
     "running_max_nu",

@@ -19,6 +19,9 @@ bucket and the compiled leaves can differ by one or two roundings per step in
 bias-corrected chains (chains without bias correction stay bit-identical).
 """
 
+import dataclasses
+import functools
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -32,24 +35,53 @@ from ._validation import flatten_like_updates
 _STAGE = "multi_tensor"
 
 
-class PackedTree(NamedTuple):
-    """The tree the wrapped chain sees: large leaves as they are, small ones in buckets."""
+class _Layout(NamedTuple):
+    """Which leaf goes where: static, computed from shapes and dtypes alone."""
 
-    loose: tuple  # the large leaves, in the flattening order of the params
-    buckets: dict  # dtype name -> 1-D array: the small leaves of that dtype, ravelled, concatenated
+    loose: tuple[int, ...]  # indices of the leaves kept as they are
+    buckets: tuple[tuple[str, tuple[int, ...]], ...]  # (dtype name, indices packed in order)
+
+
+class _Spec(NamedTuple):
+    """How a tree was packed: static (shapes and dtypes only), so it is pytree metadata."""
+
+    treedef: Any
+    shapes: tuple[tuple[int, ...], ...]  # every leaf's shape, in flattening order
+    layout: _Layout
+
+
+@functools.partial(
+    jax.tree_util.register_dataclass, data_fields=["loose", "buckets"], meta_fields=["spec"]
+)
+@dataclasses.dataclass(frozen=True)
+class PackedTree:
+    """A tree with its small leaves packed into flat per-dtype buckets (made by ``pack``).
+
+    A pytree whose leaves are the large leaves, as they are, and one 1-D bucket per
+    dtype; any elementwise optax chain runs on it directly. ``unpack()`` gives the
+    original tree back, and differentiating through it packs the gradient (its VJP
+    is a concatenation), so ``jax.grad(lambda p: loss(p.unpack()))(packed)`` is itself
+    a ``PackedTree``.
+
+    Attributes:
+      loose: the large leaves, in the flattening order of the tree.
+      buckets: dtype name -> 1-D array: that dtype's small leaves, ravelled and concatenated.
+      spec: the static layout (tree structure, shapes, which leaf is where).
+    """
+
+    loose: tuple
+    buckets: dict
+    spec: _Spec
+
+    def unpack(self) -> PyTree:
+        """The tree that was packed: slices of the buckets, reshaped, in its structure."""
+        return self.spec.treedef.unflatten(_unpack_leaves(self.spec, self.loose, self.buckets))
 
 
 class MultiTensorState(NamedTuple):
     """State of ``multi_tensor``: the wrapped chain's state, built on the packed tree."""
 
     inner: PyTree  # e.g. the moments as PackedTree(loose=(...), buckets={"float32": f32[n]})
-
-
-class _Layout(NamedTuple):
-    """Which leaf goes where: static, computed from shapes and dtypes alone."""
-
-    loose: tuple[int, ...]  # indices of the leaves kept as they are
-    buckets: tuple[tuple[str, tuple[int, ...]], ...]  # (dtype name, indices packed in order)
 
 
 def _layout(leaves: list, min_size: int) -> _Layout:
@@ -62,37 +94,104 @@ def _layout(leaves: list, min_size: int) -> _Layout:
     return _Layout(tuple(loose), tuple((k, tuple(v)) for k, v in sorted(buckets.items())))
 
 
-def _pack(leaves: list, layout: _Layout) -> PackedTree:
+def _pack(leaves: list, treedef: Any, layout: _Layout) -> PackedTree:
     def bucket(indices):
         return jnp.concatenate([jnp.ravel(leaves[i]) for i in indices])
 
     return PackedTree(
         loose=tuple(leaves[i] for i in layout.loose),
         buckets={name: bucket(indices) for name, indices in layout.buckets},
+        spec=_Spec(treedef, tuple(tuple(np.shape(x)) for x in leaves), layout),
     )
 
 
-def _unpack(packed: PackedTree, layout: _Layout, like: list) -> list:
-    out = [None] * len(like)
-    for i, leaf in zip(layout.loose, packed.loose, strict=True):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _unpack_leaves(spec: _Spec, loose: tuple, buckets: dict) -> list:
+    out = [None] * len(spec.shapes)
+    for i, leaf in zip(spec.layout.loose, loose, strict=True):
         out[i] = leaf
-    for name, indices in layout.buckets:
-        flat, offset = packed.buckets[name], 0
+    for name, indices in spec.layout.buckets:
+        flat, offset = buckets[name], 0
         for i in indices:
-            size = int(np.size(like[i]))
-            out[i] = jax.lax.slice(flat, (offset,), (offset + size,)).reshape(np.shape(like[i]))
+            size = math.prod(spec.shapes[i])
+            out[i] = jax.lax.slice(flat, (offset,), (offset + size,)).reshape(spec.shapes[i])
             offset += size
     return out
 
 
-def _check_not_sharded(what: str, paths: list, leaves: list, layout: _Layout) -> None:
+def _unpack_fwd(spec, loose, buckets):
+    return _unpack_leaves(spec, loose, buckets), None
+
+
+def _unpack_bwd(spec, _, cotangents):
+    """The VJP of slicing the buckets is packing the cotangents: one concatenation."""
+    packed = _pack(list(cotangents), spec.treedef, spec.layout)
+    return packed.loose, packed.buckets
+
+
+_unpack_leaves.defvjp(_unpack_fwd, _unpack_bwd)
+
+
+def pack(tree: PyTree, *, min_size: int = 4096) -> PackedTree:
+    r"""Pack the leaves of ``tree`` smaller than ``min_size`` into one flat bucket per dtype.
+
+    Hold the parameters packed between steps and unpack them inside the jitted step:
+    the step then takes and returns a handful of buffers instead of thousands, and
+    the optimizer (any elementwise chain, unwrapped) runs on the packed tree. The
+    gradient with respect to the packed tree is packed too:
+
+    .. math::
+        \nabla_{\operatorname{pack}(\theta)} L(\operatorname{unpack}(\cdot))
+        = \operatorname{pack}(\nabla_\theta L)
+
+    Args:
+      tree: a pytree of arrays (concrete or traced).
+      min_size: leaves with at least this many elements stay as they are.
+
+    Returns:
+      A ``PackedTree``; ``.unpack()`` returns ``tree``.
+
+    Raises:
+      ValueError: if ``min_size`` is not an int >= 0, or a leaf that would be packed is
+        sharded over several devices (packing would gather it).
+
+    Example:
+      >>> import adamx, jax, jax.numpy as jnp, optax
+      >>> params = {f"b{i}": jnp.zeros(64) for i in range(1000)}
+      >>> packed, tx = adamx.pack(params), adamx.adamw(1e-3)
+      >>> state = tx.init(packed)
+      >>> loss = lambda p: sum(jnp.sum((x - 1.0) ** 2) for x in jax.tree.leaves(p))
+      >>> grads = jax.grad(lambda p: loss(p.unpack()))(packed)
+      >>> updates, state = tx.update(grads, state, packed)
+      >>> packed = optax.apply_updates(packed, updates)
+      >>> packed.buckets["float32"].shape, packed.unpack()["b7"].shape
+      ((64000,), (64,))
+    """
+    _check_min_size(min_size, "pack")
+    paths_and_leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    paths = [p for p, _ in paths_and_leaves]
+    leaves = [leaf for _, leaf in paths_and_leaves]
+    layout = _layout(leaves, min_size)
+    _check_not_sharded("pack", "leaf", paths, leaves, layout)
+    return _pack(leaves, treedef, layout)
+
+
+def _check_min_size(min_size: Any, who: str) -> None:
+    if isinstance(min_size, bool) or not isinstance(min_size, (int, np.integer)) or min_size < 0:
+        raise ValueError(
+            f"{who}: min_size must be an int >= 0 (leaves smaller than it are packed), "
+            f"got {min_size!r}."
+        )
+
+
+def _check_not_sharded(who: str, what: str, paths: list, leaves: list, layout: _Layout) -> None:
     """Packing a leaf split over several devices would gather it: refuse, and say what to do."""
     for _, indices in layout.buckets:
         for i in indices:
             sharding = _sharding(leaves[i])
             if sharding is not None and _is_split(sharding):
                 raise ValueError(
-                    f"{_STAGE}: the {what} at {jax.tree_util.keystr(tuple(paths[i]))} "
+                    f"{who}: the {what} at {jax.tree_util.keystr(tuple(paths[i]))} "
                     f"(shape {np.shape(leaves[i])}) is sharded over several devices "
                     f"({sharding}), and packing it into a flat bucket would gather it onto "
                     "every device. Keep it out of the buckets: lower min_size below its size, "
@@ -179,19 +278,15 @@ def multi_tensor(
       >>> state.inner[0].mu.buckets["float32"].shape  # one buffer for m
       (64000,)
     """
-    if isinstance(min_size, bool) or not isinstance(min_size, (int, np.integer)) or min_size < 0:
-        raise ValueError(
-            f"{_STAGE}: min_size must be an int >= 0 (leaves smaller than it are packed), "
-            f"got {min_size!r}."
-        )
+    _check_min_size(min_size, _STAGE)
 
     def init_fn(params):
-        paths_and_leaves, _ = jax.tree_util.tree_flatten_with_path(params)
+        paths_and_leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
         paths = [p for p, _ in paths_and_leaves]
         leaves = [leaf for _, leaf in paths_and_leaves]
         layout = _layout(leaves, min_size)
-        _check_not_sharded("parameter", paths, leaves, layout)
-        state = tx.init(_pack(leaves, layout))
+        _check_not_sharded(_STAGE, "parameter", paths, leaves, layout)
+        state = tx.init(_pack(leaves, treedef, layout))
         _check_no_mask(state)
         return MultiTensorState(inner=state)
 
@@ -200,14 +295,16 @@ def multi_tensor(
         paths = [p for p, _ in paths_and_leaves]
         leaves = [leaf for _, leaf in paths_and_leaves]
         layout = _layout(leaves, min_size)
-        _check_not_sharded("gradient", paths, leaves, layout)
+        _check_not_sharded(_STAGE, "gradient", paths, leaves, layout)
         packed_params = None
         if params is not None:
             thetas = flatten_like_updates(_STAGE, updates, params, "params")
             _check_same_dtypes(paths, leaves, thetas, layout)
-            packed_params = _pack(thetas, layout)
-        packed, inner = tx.update(_pack(leaves, layout), state.inner, packed_params, **extra_args)
-        return treedef.unflatten(_unpack(packed, layout, leaves)), MultiTensorState(inner=inner)
+            packed_params = _pack(thetas, treedef, layout)
+        packed, inner = tx.update(
+            _pack(leaves, treedef, layout), state.inner, packed_params, **extra_args
+        )
+        return packed.unpack(), MultiTensorState(inner=inner)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

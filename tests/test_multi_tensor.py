@@ -252,6 +252,10 @@ SHARDING_SCRIPT = textwrap.dedent(
         print("NO ERROR")
     except ValueError as e:
         print("DECLINED:", e)
+    try:
+        adamx.pack({"b": jax.device_put(jnp.ones(8), split)}, min_size=64)
+    except ValueError as e:
+        print("PACK DECLINED:", e)
     # A large split leaf stays loose and keeps its sharding; a replicated small one is packed.
     params = {"w": jax.device_put(jnp.arange(128.0), split),
               "b": jax.device_put(jnp.ones(8), NamedSharding(mesh, P()))}
@@ -277,6 +281,7 @@ def test_sharded_small_leaves_are_declined_and_large_ones_keep_their_sharding():
     assert out.returncode == 0, out.stderr
     assert "DECLINED: multi_tensor: the parameter at ['b']" in out.stdout, out.stdout
     assert "would gather it onto every device" in out.stdout
+    assert "PACK DECLINED: pack: the leaf at ['b']" in out.stdout, out.stdout
     assert "KEPT: True True" in out.stdout, out.stdout
     assert "EQUAL: True" in out.stdout, out.stdout
 
@@ -295,3 +300,71 @@ def test_packed_state_round_trips_through_orbax_and_resumes_bit_identically(tmp_
     chex.assert_trees_all_equal_structs(restored, state)
     chex.assert_trees_all_equal(restored, state)
     chex.assert_trees_all_equal(update(grads, restored, params), update(grads, state, params))
+
+
+# --------------------------------------------------------------------------- adamx.pack
+
+
+def loss_of_tree(tree):
+    """A loss that touches every leaf differently, so each gradient leaf is distinct."""
+    leaves = jax.tree.leaves(tree)
+    return sum(jnp.sum(jnp.sin(x.astype(jnp.float32) * (i + 1))) for i, x in enumerate(leaves))
+
+
+def test_pack_round_trips_the_tree_exactly():
+    params = mixed_params()
+    packed = adamx.pack(params, min_size=MIN_SIZE)
+    assert sorted(packed.buckets) == ["bfloat16", "float32"]
+    assert [x.shape for x in packed.loose] == [(40,), (4, 8)]
+    chex.assert_trees_all_equal(packed.unpack(), params)
+    chex.assert_trees_all_equal(jax.jit(lambda p: p.unpack())(packed), params)
+
+
+def test_the_gradient_through_unpack_is_the_packed_gradient():
+    # Reference: jax.grad on the unpacked tree, packed afterwards.
+    params = mixed_params(1)
+    packed = adamx.pack(params, min_size=MIN_SIZE)
+    grads = jax.jit(jax.grad(lambda p: loss_of_tree(p.unpack())))(packed)
+    assert isinstance(grads, adamx.PackedTree)
+    expected = adamx.pack(jax.grad(loss_of_tree)(params), min_size=MIN_SIZE)
+    chex.assert_trees_all_equal(grads, expected)
+
+
+def test_training_packed_params_matches_per_leaf_optax():
+    # The optimizer, unwrapped, runs on the PackedTree; the step takes and returns packed params.
+    params = mixed_params(2)
+
+    def train(tx, params, unpack):
+        grad = jax.jit(jax.grad(lambda p: loss_of_tree(unpack(p))))
+        update, apply = jax.jit(tx.update), jax.jit(optax.apply_updates)
+        state = tx.init(params)
+        for _ in range(STEPS):
+            updates, state = update(grad(params), state, params)
+            params = apply(params, updates)
+        return params
+
+    packed = train(adamx.adamw(1e-2), adamx.pack(params, min_size=MIN_SIZE), lambda p: p.unpack())
+    chex.assert_trees_all_equal(packed.unpack(), train(optax.adamw(1e-2), params, lambda p: p))
+
+
+def test_a_packed_training_step_compiles_once():
+    packed = adamx.pack(mixed_params(), min_size=MIN_SIZE)
+    tx = adamx.adam(1e-3)
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    @chex.assert_max_traces(n=1)
+    def step(p, s):
+        updates, s = tx.update(jax.grad(lambda q: loss_of_tree(q.unpack()))(p), s, p)
+        return optax.apply_updates(p, updates), s
+
+    state = tx.init(packed)
+    spec = jax.tree.map(lambda x: (x.shape, x.dtype), (packed, state))
+    for _ in range(3):
+        packed, state = step(packed, state)
+    assert jax.tree.map(lambda x: (x.shape, x.dtype), (packed, state)) == spec
+
+
+@pytest.mark.parametrize("bad", [-1, 2.0, False])
+def test_pack_validates_min_size(bad):
+    with pytest.raises(ValueError, match=r"pack: min_size must be an int >= 0"):
+        adamx.pack(mixed_params(), min_size=bad)

@@ -22,10 +22,12 @@ Writes ``benchmarks/results/step_time[_quick].json`` and prints a table.
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -84,22 +86,31 @@ def make_tree(shapes: dict, seed: int, scale: float = 1.0) -> dict:
 
 
 def jax_contenders() -> dict:
+    """name -> (make the optimizer, hold the params and gradients packed)."""
     h = HYPER
     kw = dict(b1=h["b1"], b2=h["b2"], eps=h["eps"], weight_decay=h["weight_decay"])
     return {
-        "optax.adamw": lambda: optax.adamw(h["lr"], **kw),
-        "adamx.adamw": lambda: adamx.adamw(h["lr"], **kw),
-        "adamx.multi_tensor": lambda: adamx.multi_tensor(adamx.adamw(h["lr"], **kw)),
+        "optax.adamw": (lambda: optax.adamw(h["lr"], **kw), False),
+        "adamx.adamw": (lambda: adamx.adamw(h["lr"], **kw), False),
+        "adamx.multi_tensor": (lambda: adamx.multi_tensor(adamx.adamw(h["lr"], **kw)), False),
+        # adamx.adamw on adamx.pack(params): the step takes and returns packed params, and the
+        # gradients are packed, as jax.grad through PackedTree.unpack() returns them.
+        "adamx.pack": (lambda: adamx.adamw(h["lr"], **kw), True),
     }
+
+
+TORCH_CONTENDERS = {"torch fused": dict(fused=True), "torch foreach": dict(foreach=True)}
 
 
 class JaxRunner:
     """A donated, jitted step ``(params, state, grads) -> (params, state)``."""
 
-    def __init__(self, tx, params_np, grads):
-        self.tx, self.grads = tx, grads
-        self.params = jax.tree.map(jnp.array, params_np)
+    def __init__(self, tx, params_np, grads_np, packed=False):
+        prepare = adamx.pack if packed else (lambda tree: tree)
+        self.tx, self.grads = tx, prepare(jax.tree.map(jnp.array, grads_np))
+        self.params = prepare(jax.tree.map(jnp.array, params_np))
         self.state = tx.init(self.params)
+        grads = self.grads
 
         def step(params, state, grads):
             updates, state = tx.update(grads, state, params)
@@ -147,7 +158,7 @@ class JaxRunner:
         return (time.perf_counter() - start) / self.k
 
     def result(self):
-        return self.params
+        return self.params.unpack() if isinstance(self.params, adamx.PackedTree) else self.params
 
 
 class TorchRunner:
@@ -155,6 +166,7 @@ class TorchRunner:
         import torch
 
         self.torch = torch
+        self.names = list(params_np)
         self.params = [torch.tensor(params_np[k]) for k in sorted(params_np)]
         for p, k in zip(self.params, sorted(params_np), strict=True):
             p.grad = torch.tensor(grads_np[k])
@@ -164,12 +176,16 @@ class TorchRunner:
             weight_decay=h["weight_decay"], **flags,
         )  # fmt: skip
         self.compile_s = None
+        self.loop = None
 
     def call(self, n: int) -> float:
         start = time.perf_counter()
         for _ in range(n):
             self.opt.step()
         return (time.perf_counter() - start) / n
+
+    def result(self):
+        return {k: p.detach().numpy() for k, p in zip(sorted(self.names), self.params, strict=True)}
 
 
 # --------------------------------------------------------------------------- probes
@@ -213,70 +229,90 @@ def conditions() -> dict:
 # --------------------------------------------------------------------------- main
 
 
+def fingerprint(tree) -> str:
+    """SHA-256 of the leaves' bytes, in sorted-key order: equal iff bit-identical."""
+    digest = hashlib.sha256()
+    for key in sorted(tree):
+        digest.update(np.ascontiguousarray(np.asarray(tree[key])).tobytes())
+    return digest.hexdigest()
+
+
+def measure(tree: str, contender: str, args) -> dict:
+    """Everything about one contender on one tree, in this process (a worker's job)."""
+    shapes = tree_shapes(args.quick)[tree]
+    params_np, grads_np = make_tree(shapes, 0), make_tree(shapes, 1, 1e-2)
+    if contender in TORCH_CONTENDERS:
+        runner = TorchRunner(params_np, grads_np, **TORCH_CONTENDERS[contender])
+    else:
+        make, packed = jax_contenders()[contender]
+        runner = JaxRunner(make(), params_np, grads_np, packed)
+    runner.call(1)  # one step, then the fingerprint: every contender has taken the same step
+    out = {"fingerprint": fingerprint(runner.result()), "compile_s": runner.compile_s}
+    calls = max(1, int(args.target_s / max(runner.call(1), 1e-6)))
+    out["per_call_s"] = [runner.call(calls) for _ in range(args.reps)]
+    out["calls_per_sample"] = calls
+    if not args.no_loop and contender not in TORCH_CONTENDERS:
+        runner.compile_loop(args.k)
+        runner.compute()
+        out["compute_s"] = [runner.compute() for _ in range(args.loop_reps)]
+    return out
+
+
+def run_worker(tree: str, contender: str, args) -> dict:
+    """``measure`` in a fresh process: no executable created before it can slow it down."""
+    flags = ["--quick"] * args.quick + ["--no-loop"] * args.no_loop
+    command = [sys.executable, __file__, "--worker", tree, contender, "--reps", str(args.reps)]
+    command += ["--k", str(args.k), *flags]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"worker {tree} / {contender} failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def contenders(args) -> list[str]:
+    return list(jax_contenders()) + ([] if args.no_torch else list(TORCH_CONTENDERS))
+
+
 def bench_tree(name: str, shapes: dict, args) -> dict:
-    params_np = make_tree(shapes, 0)
-    grads_np = make_tree(shapes, 1, 1e-2)
     n_params = sum(int(np.prod(s)) for s in shapes.values())
-    grads = jax.tree.map(jnp.array, grads_np)
     print(f"\n== {name}: {len(shapes)} leaves, {n_params / 1e6:.2f}M params", flush=True)
+    names = contenders(args)
+    runs = {c: [] for c in names}
+    for round_ in range(args.rounds):  # alternate the order so that drift hits everyone alike
+        for c in names if round_ % 2 == 0 else names[::-1]:
+            runs[c].append(run_worker(name, c, args))
+            print(f"   round {round_ + 1}: {c} done", flush=True)
 
-    runners = {}
-    for cname, make in jax_contenders().items():
-        runners[cname] = JaxRunner(make(), params_np, grads)
-        print(f"   compiled {cname} in {runners[cname].compile_s:.2f} s", flush=True)
-    if not args.no_torch:
-        runners["torch fused"] = TorchRunner(params_np, grads_np, fused=True)
-        runners["torch foreach"] = TorchRunner(params_np, grads_np, foreach=True)
-
-    # Bit-for-bit check before timing: every adamx contender against optax (same step count).
-    for r in runners.values():
-        r.call(1)
-    ref = runners["optax.adamw"].result()
-    identical = {
-        c: bool(all(np.array_equal(a, b) for a, b in zip(
-            jax.tree.leaves(ref), jax.tree.leaves(runners[c].result()), strict=True)))
-        for c in ("adamx.adamw", "adamx.multi_tensor")
-    }  # fmt: skip
-
-    calls = max(1, int(args.target_s / max(runners["optax.adamw"].call(1), 1e-6)))
-    per_call = {c: [] for c in runners}
-    for _ in range(args.reps):  # interleaved: one sample of every contender per repetition
-        for c, r in runners.items():
-            per_call[c].append(r.call(calls))
-
-    compute = {}
-    if not args.no_loop:
-        for c in jax_contenders():
-            runners[c].compile_loop(args.k)
-            runners[c].compute()
-        samples = {c: [] for c in jax_contenders()}
-        for _ in range(args.loop_reps):
-            for c in jax_contenders():
-                samples[c].append(runners[c].compute())
-        compute = {c: statistics.median(v) for c, v in samples.items()}
-
-    median = {c: statistics.median(v) for c, v in per_call.items()}
+    samples = {c: [t for r in runs[c] for t in r["per_call_s"]] for c in names}
+    compute = {
+        c: statistics.median([t for r in runs[c] for t in r["compute_s"]])
+        for c in names
+        if "compute_s" in runs[c][0]
+    }
+    compile_s = {c: statistics.median([r["compile_s"] for r in runs[c]]) for c in jax_contenders()}
+    reference = runs["optax.adamw"][0]["fingerprint"]
+    identical = {c: runs[c][0]["fingerprint"] == reference for c in names if c != "optax.adamw"}
+    median = {c: statistics.median(v) for c, v in samples.items()}
     gbs = {c: BYTES_PER_PARAM * n_params / t / 1e9 for c, t in median.items()}
     ratios = {
         "adamx/optax": median["adamx.adamw"] / median["optax.adamw"],
-        "multi_tensor/optax": median["adamx.multi_tensor"] / median["optax.adamw"],
-        "multi_tensor/adamx": median["adamx.multi_tensor"] / median["adamx.adamw"],
-        "multi_tensor_compile/optax": runners["adamx.multi_tensor"].compile_s
-        / runners["optax.adamw"].compile_s,
+        "compile adamx/optax": compile_s["adamx.adamw"] / compile_s["optax.adamw"],
     }
+    for c in ("multi_tensor", "pack"):
+        ratios[f"{c}/optax"] = median[f"adamx.{c}"] / median["optax.adamw"]
+        ratios[f"{c}/adamx"] = median[f"adamx.{c}"] / median["adamx.adamw"]
+        ratios[f"compile {c}/optax"] = compile_s[f"adamx.{c}"] / compile_s["optax.adamw"]
     if "torch fused" in median:
-        ratios["adamx/torch_fused"] = median["adamx.adamw"] / median["torch fused"]
-        ratios["multi_tensor/torch_fused"] = median["adamx.multi_tensor"] / median["torch fused"]
+        for c in ("adamw", "multi_tensor", "pack"):
+            ratios[f"{c}/torch_fused"] = median[f"adamx.{c}"] / median["torch fused"]
     if compute:
         ratios["compute adamx/optax"] = compute["adamx.adamw"] / compute["optax.adamw"]
-    compile_s = {c: runners[c].compile_s for c in jax_contenders()}
-    del runners
     return {
         "leaves": len(shapes),
         "params": n_params,
-        "calls_per_sample": calls,
+        "calls_per_sample": {c: runs[c][0]["calls_per_sample"] for c in names},
         "per_call_ms": {c: 1e3 * t for c, t in median.items()},
-        "per_call_samples_ms": {c: [1e3 * t for t in v] for c, v in per_call.items()},
+        "per_call_samples_ms": {c: [1e3 * t for t in v] for c, v in samples.items()},
         "compute_ms": {c: 1e3 * t for c, t in compute.items()},
         "compile_s": compile_s,
         "effective_GBps": gbs,
@@ -285,18 +321,21 @@ def bench_tree(name: str, shapes: dict, args) -> dict:
     }
 
 
+COLUMNS = [
+    "optax.adamw", "adamx.adamw", "adamx.multi_tensor", "adamx.pack", "torch fused", "torch foreach"
+]  # fmt: skip
+
+
 def table(results: dict, probe: float) -> str:
-    cols = ["optax.adamw", "adamx.adamw", "adamx.multi_tensor", "torch fused", "torch foreach"]
     lines = [
         f"bandwidth probe (donated x + a*y): {probe:.1f} GB/s",
         "",
-        "| tree | " + " | ".join(cols) + " | adamx/optax | adamx/torch fused | mt/optax | "
-        "mt/adamx | mt compile/optax |",
-        "|---" * (len(cols) + 6) + "|",
+        "| tree | " + " | ".join(COLUMNS) + " |",
+        "|---" * (len(COLUMNS) + 1) + "|",
     ]
     for name, r in results.items():
         cells = []
-        for c in cols:
+        for c in COLUMNS:
             if c not in r["per_call_ms"]:
                 cells.append("-")
                 continue
@@ -306,16 +345,12 @@ def table(results: dict, probe: float) -> str:
             if c in r["compile_s"]:
                 cell += f"; compile {r['compile_s'][c]:.2f} s"
             cells.append(cell)
-        q = r["ratios"]
-        fused = q.get("adamx/torch_fused")
-        lines.append(
-            f"| {name} | "
-            + " | ".join(cells)
-            + f" | {q['adamx/optax']:.2f} | "
-            + (f"{fused:.2f}" if fused else "-")
-            + f" | {q['multi_tensor/optax']:.2f} | {q['multi_tensor/adamx']:.2f} | "
-            f"{q['multi_tensor_compile/optax']:.2f} |"
-        )
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    keys = sorted({k for r in results.values() for k in r["ratios"]})
+    lines += ["", "| tree | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for name, r in results.items():
+        cells = [f"{r['ratios'][k]:.2f}" if k in r["ratios"] else "-" for k in keys]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -325,7 +360,7 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cols = ["optax.adamw", "adamx.adamw", "adamx.multi_tensor", "torch fused", "torch foreach"]
+    cols = COLUMNS
     names = list(results)
     fig, ax = plt.subplots(figsize=(10, 4.5))
     width = 0.8 / len(cols)
@@ -353,11 +388,17 @@ def main(argv=None) -> None:
     parser.add_argument("--no-loop", action="store_true", help="skip the pure-compute loop")
     parser.add_argument("--trees", default=None, help="comma-separated tree indices (0-3)")
     parser.add_argument("--out", default=None, help="results JSON path")
+    parser.add_argument("--rounds", type=int, default=None, help="processes per contender")
+    parser.add_argument("--worker", nargs=2, metavar=("TREE", "CONTENDER"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    args.reps = args.reps or (3 if args.quick else 11)
+    args.rounds = args.rounds or (1 if args.quick else 2)
+    args.reps = args.reps or (3 if args.quick else 6)
     args.k = args.k or (5 if args.quick else 20)
-    args.loop_reps = 3 if args.quick else 5
+    args.loop_reps = 3
     args.target_s = 0.01 if args.quick else 0.2  # time per sample, at least one call
+    if args.worker:
+        print(json.dumps(measure(*args.worker, args)))
+        return
 
     trees = tree_shapes(args.quick)
     if args.trees:

@@ -6,7 +6,8 @@ import chex
 import jax
 import jax.numpy as jnp
 import optax
-from _paths import PATHS
+from _paths import PROPERTY_PATHS as PATHS
+from _paths import assert_path_matches
 from _streams import gradient, make_params
 from absl.testing import parameterized
 
@@ -25,8 +26,15 @@ OPTIMIZERS = {
     "adamw_masked_schedule": lambda: adamx.adamw(SCHEDULE, weight_decay=SCHEDULE, mask=_matrices),
 }
 DTYPES = {"f32": jnp.float32, "bf16": jnp.bfloat16, "f16": jnp.float16, "c64": jnp.complex64}
+# multi_tensor refuses a mask inside it (by design: it would see buckets, not leaves); the
+# supported form, masks outside, is tested in test_multi_tensor.py.
+MASKED = {"adamw_masked_schedule"}
 CASES = [
-    (f"{path}_{opt}_{dt}", path, opt, dt) for path in PATHS for opt in OPTIMIZERS for dt in DTYPES
+    (f"{path}_{opt}_{dt}", path, opt, dt)
+    for path in PATHS
+    for opt in OPTIMIZERS
+    if not (path == "multi_tensor" and opt in MASKED)
+    for dt in DTYPES
 ]
 
 
@@ -61,7 +69,14 @@ class PropertiesTest(chex.TestCase):
             self.assertEqual(_spec(state), init_spec)
 
     @chex.variants(with_jit=True, without_jit=True)
-    @parameterized.named_parameters(*[(f"{p}_{o}", p, o) for p in PATHS for o in OPTIMIZERS])
+    @parameterized.named_parameters(
+        *[
+            (f"{p}_{o}", p, o)
+            for p in PATHS
+            for o in OPTIMIZERS
+            if (p, o) in {c[1:3] for c in CASES}
+        ]
+    )
     def test_state_stable_under_cond(self, path, opt):
         tx = PATHS[path](OPTIMIZERS[opt]())
         params = make_params(jnp.float32)
@@ -123,7 +138,7 @@ class CompositionTest(chex.TestCase):
                 updates, state = step(p, state, gradient(p, i, jax.random.key(3)))
                 p = optax.apply_updates(p, updates)
             results.append(p)
-        chex.assert_trees_all_equal(*results)
+        assert_path_matches(path, *results)
 
 
 def test_inject_hyperparams_traces_once_and_can_change_rates():

@@ -99,20 +99,40 @@ def jax_contenders() -> dict:
     }
 
 
+# A whole training step on the many-leaf tree: the gradient is taken inside the jitted step.
+TRAIN_CONTENDERS = {"train: optax.adamw": "optax.adamw", "train: adamx.pack": "adamx.pack"}
+
+
+def toy_loss(params: dict, targets: dict) -> jax.Array:
+    """A model with one small computation per leaf: sum_i <sin(theta_i), t_i>."""
+    return sum(jnp.vdot(jnp.sin(params[k]), targets[k]) for k in sorted(params))
+
+
+def unpacked(params):
+    return params.unpack() if isinstance(params, adamx.PackedTree) else params
+
+
 TORCH_CONTENDERS = {"torch fused": dict(fused=True), "torch foreach": dict(foreach=True)}
 
 
 class JaxRunner:
     """A donated, jitted step ``(params, state, grads) -> (params, state)``."""
 
-    def __init__(self, tx, params_np, grads_np, packed=False):
+    def __init__(self, tx, params_np, grads_np, packed=False, train=False):
         prepare = adamx.pack if packed else (lambda tree: tree)
-        self.tx, self.grads = tx, prepare(jax.tree.map(jnp.array, grads_np))
         self.params = prepare(jax.tree.map(jnp.array, params_np))
         self.state = tx.init(self.params)
+        # A training step gets per-leaf targets and differentiates a loss inside the step.
+        self.grads = (
+            jax.tree.map(jnp.array, grads_np)
+            if train
+            else prepare(jax.tree.map(jnp.array, grads_np))
+        )
         grads = self.grads
 
         def step(params, state, grads):
+            if train:
+                grads = jax.grad(lambda p: toy_loss(unpacked(p), grads))(params)
             updates, state = tx.update(grads, state, params)
             return optax.apply_updates(params, updates), state
 
@@ -158,7 +178,7 @@ class JaxRunner:
         return (time.perf_counter() - start) / self.k
 
     def result(self):
-        return self.params.unpack() if isinstance(self.params, adamx.PackedTree) else self.params
+        return unpacked(self.params)
 
 
 class TorchRunner:
@@ -244,14 +264,15 @@ def measure(tree: str, contender: str, args) -> dict:
     if contender in TORCH_CONTENDERS:
         runner = TorchRunner(params_np, grads_np, **TORCH_CONTENDERS[contender])
     else:
-        make, packed = jax_contenders()[contender]
-        runner = JaxRunner(make(), params_np, grads_np, packed)
+        train = contender in TRAIN_CONTENDERS
+        make, packed = jax_contenders()[TRAIN_CONTENDERS.get(contender, contender)]
+        runner = JaxRunner(make(), params_np, grads_np, packed, train)
     runner.call(1)  # one step, then the fingerprint: every contender has taken the same step
     out = {"fingerprint": fingerprint(runner.result()), "compile_s": runner.compile_s}
     calls = max(1, int(args.target_s / max(runner.call(1), 1e-6)))
     out["per_call_s"] = [runner.call(calls) for _ in range(args.reps)]
     out["calls_per_sample"] = calls
-    if not args.no_loop and contender not in TORCH_CONTENDERS:
+    if not args.no_loop and contender in jax_contenders():
         runner.compile_loop(args.k)
         runner.compute()
         out["compute_s"] = [runner.compute() for _ in range(args.loop_reps)]
@@ -269,14 +290,15 @@ def run_worker(tree: str, contender: str, args) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def contenders(args) -> list[str]:
-    return list(jax_contenders()) + ([] if args.no_torch else list(TORCH_CONTENDERS))
+def contenders(args, leaves: int) -> list[str]:
+    names = list(jax_contenders()) + ([] if args.no_torch else list(TORCH_CONTENDERS))
+    return names + (list(TRAIN_CONTENDERS) if leaves >= 200 and not args.no_train else [])
 
 
 def bench_tree(name: str, shapes: dict, args) -> dict:
     n_params = sum(int(np.prod(s)) for s in shapes.values())
     print(f"\n== {name}: {len(shapes)} leaves, {n_params / 1e6:.2f}M params", flush=True)
-    names = contenders(args)
+    names = contenders(args, len(shapes))
     runs = {c: [] for c in names}
     for round_ in range(args.rounds):  # alternate the order so that drift hits everyone alike
         for c in names if round_ % 2 == 0 else names[::-1]:
@@ -289,9 +311,17 @@ def bench_tree(name: str, shapes: dict, args) -> dict:
         for c in names
         if "compute_s" in runs[c][0]
     }
-    compile_s = {c: statistics.median([r["compile_s"] for r in runs[c]]) for c in jax_contenders()}
-    reference = runs["optax.adamw"][0]["fingerprint"]
-    identical = {c: runs[c][0]["fingerprint"] == reference for c in names if c != "optax.adamw"}
+    compile_s = {
+        c: statistics.median([r["compile_s"] for r in runs[c]])
+        for c in names
+        if runs[c][0]["compile_s"] is not None
+    }
+    reference = {c: runs[c][0]["fingerprint"] for c in ("optax.adamw", "train: optax.adamw")}
+    identical = {
+        c: runs[c][0]["fingerprint"] == reference["train: " * c.startswith("train") + "optax.adamw"]
+        for c in names
+        if "optax" not in c
+    }
     median = {c: statistics.median(v) for c, v in samples.items()}
     gbs = {c: BYTES_PER_PARAM * n_params / t / 1e9 for c, t in median.items()}
     ratios = {
@@ -305,6 +335,11 @@ def bench_tree(name: str, shapes: dict, args) -> dict:
     if "torch fused" in median:
         for c in ("adamw", "multi_tensor", "pack"):
             ratios[f"{c}/torch_fused"] = median[f"adamx.{c}"] / median["torch fused"]
+    if "train: adamx.pack" in median:
+        ratios["train pack/optax"] = median["train: adamx.pack"] / median["train: optax.adamw"]
+        ratios["compile train pack/optax"] = (
+            compile_s["train: adamx.pack"] / compile_s["train: optax.adamw"]
+        )
     if compute:
         ratios["compute adamx/optax"] = compute["adamx.adamw"] / compute["optax.adamw"]
     return {
@@ -321,9 +356,10 @@ def bench_tree(name: str, shapes: dict, args) -> dict:
     }
 
 
-COLUMNS = [
+STEP_COLUMNS = [
     "optax.adamw", "adamx.adamw", "adamx.multi_tensor", "adamx.pack", "torch fused", "torch foreach"
 ]  # fmt: skip
+COLUMNS = STEP_COLUMNS + list(TRAIN_CONTENDERS)
 
 
 def table(results: dict, probe: float) -> str:
@@ -360,7 +396,7 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cols = COLUMNS
+    cols = STEP_COLUMNS
     names = list(results)
     fig, ax = plt.subplots(figsize=(10, 4.5))
     width = 0.8 / len(cols)
@@ -371,6 +407,7 @@ def plot(results: dict, path: Path) -> None:
         ]
         ax.bar(np.arange(len(names)) + (j - len(cols) / 2 + 0.5) * width, ys, width, label=c)
     ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_yscale("log")
     ax.set_xticks(np.arange(len(names)), names, fontsize=8)
     ax.set_ylabel("time per call / optax.adamw (lower is faster)")
     ax.set_title("AdamW step, per call (jitted, donated), median")
@@ -386,6 +423,9 @@ def main(argv=None) -> None:
     parser.add_argument("--k", type=int, default=None, help="steps in the jitted loop")
     parser.add_argument("--no-torch", action="store_true", help="skip torch.optim.AdamW")
     parser.add_argument("--no-loop", action="store_true", help="skip the pure-compute loop")
+    parser.add_argument(
+        "--no-train", action="store_true", help="skip the training step on many-leaf trees"
+    )
     parser.add_argument("--trees", default=None, help="comma-separated tree indices (0-3)")
     parser.add_argument("--out", default=None, help="results JSON path")
     parser.add_argument("--rounds", type=int, default=None, help="processes per contender")

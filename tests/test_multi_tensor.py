@@ -368,3 +368,15 @@ def test_a_packed_training_step_compiles_once():
 def test_pack_validates_min_size(bad):
     with pytest.raises(ValueError, match=r"pack: min_size must be an int >= 0"):
         adamx.pack(mixed_params(), min_size=bad)
+
+
+def test_the_path_tolerance_catches_a_misplaced_leaf():
+    # The parity suite holds the multi_tensor path to MAX_ULP ulps; a packing mistake must fail.
+    from _paths import assert_path_matches
+
+    params = mixed_params()
+    nudged = jax.tree.map(lambda x: x + 3 * jnp.finfo(x.dtype).eps * jnp.abs(x), params)
+    assert_path_matches("multi_tensor", nudged, params)  # a few ulps: accepted
+    swapped = dict(params, b=params["b"][::-1])
+    with pytest.raises(AssertionError, match=r"\['b'\]: .* ulps apart"):
+        assert_path_matches("multi_tensor", swapped, params)

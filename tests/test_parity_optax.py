@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from _paths import PATHS
+from _paths import EXACT_PATHS, PATHS, assert_path_matches
 from _streams import gradient_stream, make_mixed_params, run_open_loop
 
 import adamx
@@ -91,32 +91,44 @@ def random_config(seed: int) -> tuple[str, dict, tuple]:
     return "adamw", dict(kwargs, weight_decay=decay, mask=mask), dtypes
 
 
-def assert_runs_equal(ours, theirs, params, steps=STEPS):
+def assert_runs_equal(ours, theirs, params, steps=STEPS, path="per_leaf"):
+    """Every step's update, the final params and both moments: bit for bit on exact paths."""
     p1, s1, u1 = run_open_loop(ours, params, steps)
     p2, s2, u2 = run_open_loop(theirs, params, steps)
-    chex.assert_trees_all_equal(u1, u2)  # every step's update
-    chex.assert_trees_all_equal(p1, p2)
-    chex.assert_trees_all_equal(optax.tree.get(s1, "mu"), optax.tree.get(s2, "mu"))
-    chex.assert_trees_all_equal(optax.tree.get(s1, "nu"), optax.tree.get(s2, "nu"))
+    for name in ("mu", "nu"):
+        assert_path_matches(path, optax.tree.get(s1, name), optax.tree.get(s2, name))
+    assert_path_matches(path, (u1, p1), (u2, p2))
 
 
-@pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("seed", range(8))
+def _has_mask(kwargs) -> bool:
+    return kwargs.get("mask") is not None
+
+
+def _compatible(path: str, kwargs: dict) -> bool:
+    """multi_tensor refuses masks inside it by design (tested in test_multi_tensor.py)."""
+    return PATHS[path].takes_masks or not _has_mask(kwargs)
+
+
+@pytest.mark.parametrize(
+    ("seed", "path"),
+    [(s, p) for p in PATHS for s in range(8) if _compatible(p, random_config(s)[1])],
+)
 def test_random_hyperparameters(seed, path):
     name, kwargs, dtypes = random_config(seed)
     params = make_mixed_params(dtypes)
     if kwargs.get("mask") == "pytree":
         kwargs["mask"] = _pytree_mask(params)
     ours = PATHS[path](getattr(adamx, name)(**kwargs))
-    assert_runs_equal(ours, getattr(optax, name)(**kwargs), params)
+    assert_runs_equal(ours, getattr(optax, name)(**kwargs), params, path=path)
 
 
-@pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize(
+    ("case", "path"), [(c, p) for p in PATHS for c in CASES if _compatible(p, CASES[c][1])]
+)
 def test_cases(case, path):
     params = make_mixed_params(CASES[case][2])
     ours, theirs = build(case, params)
-    assert_runs_equal(PATHS[path](ours), theirs, params)
+    assert_runs_equal(PATHS[path](ours), theirs, params, path=path)
 
 
 @pytest.mark.parametrize("case", ["adam", "nadam", "adamw_callable_mask", "adamw_decay_schedule"])
@@ -218,7 +230,8 @@ def train(tx, params, steps=STEPS, batch=32):
     return run(params)
 
 
-@pytest.mark.parametrize("path", PATHS)
+# Closed loops feed every rounding back into the gradients, so only exact paths stay bit-equal.
+@pytest.mark.parametrize("path", EXACT_PATHS)
 @pytest.mark.parametrize("dtype", [F32, BF16], ids=lambda d: jnp.dtype(d).name)
 @pytest.mark.parametrize("case", ["adam", "adamw_callable_mask"])
 def test_training_loop(case, dtype, path):

@@ -6,8 +6,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import optax
-from _paths import PROPERTY_PATHS as PATHS
-from _paths import assert_path_matches
+from _paths import PATHS, assert_path_matches
 from _streams import gradient, make_params
 from absl.testing import parameterized
 
@@ -29,11 +28,12 @@ DTYPES = {"f32": jnp.float32, "bf16": jnp.bfloat16, "f16": jnp.float16, "c64": j
 # multi_tensor refuses a mask inside it (by design: it would see buckets, not leaves); the
 # supported form, masks outside, is tested in test_multi_tensor.py.
 MASKED = {"adamw_masked_schedule"}
+
 CASES = [
     (f"{path}_{opt}_{dt}", path, opt, dt)
     for path in PATHS
     for opt in OPTIMIZERS
-    if not (path == "multi_tensor" and opt in MASKED)
+    if PATHS[path].takes_masks or opt not in MASKED
     for dt in DTYPES
 ]
 

@@ -380,3 +380,12 @@ def test_the_path_tolerance_catches_a_misplaced_leaf():
     swapped = dict(params, b=params["b"][::-1])
     with pytest.raises(AssertionError, match=r"\['b'\]: .* ulps apart"):
         assert_path_matches("multi_tensor", swapped, params)
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import adamx._multi_tensor as module
+
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted >= 10 and result.failed == 0, result

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from ._low_precision import round_stochastic
-from ._quantization import QuantizedArray, QuantMap, dequantize, quantize
+from ._quantization import QuantizedArray, QuantMap, dequantize, quantize, resolve_qmap
 from ._validation import check_float_dtype
 
 
@@ -135,13 +135,19 @@ def stochastic_float(dtype: Any = jnp.bfloat16, seed: int = 0) -> StochasticFloa
 
 
 class Blockwise8bit(NamedTuple):
-    """Store the moment as blockwise 8-bit codes (make it with :func:`blockwise_8bit`)."""
+    """Store the moment as blockwise 8-bit codes (make it with :func:`blockwise_8bit`).
+
+    ``stochastic`` is resolved (True/False) here; the defaults of the fields are
+    the nearest-rounding E4M3 map.
+    """
 
     signed: bool = True
     block_size: int = 256
     min_size: int = 4096
-    qmap: str = "dynamic"
+    qmap: str = "float"
     sqrt: bool = False
+    stochastic: bool = False
+    seed: int = 0
 
     def init(self, param):
         if jnp.iscomplexobj(param):
@@ -151,31 +157,46 @@ class Blockwise8bit(NamedTuple):
                 "or keep them out of the 8-bit optimizer with optax.masked / optax.partition."
             )
         zeros = jnp.zeros_like(param, dtype=jnp.float32)
-        return self._quantize(zeros) if self._quantizes(param) else zeros
+        if not self._quantizes(param):
+            return zeros
+        key = None
+        if self.stochastic:  # m and v of one leaf get different keys
+            key = jax.random.fold_in(jax.random.key(self.seed), int(self.signed))
+            key = jax.random.key_data(jax.random.fold_in(key, hash(param.shape) % 2**31))
+        return self._quantize(zeros, key)
 
     def decode(self, stored):
         if not isinstance(stored, QuantizedArray):
             return stored
         value = dequantize(stored.codes, stored.scale, self._map(), stored.shape)
-        # Materialize once: XLA would otherwise re-decode inside each consumer's fusion.
-        return jax.lax.optimization_barrier(value * value if self.sqrt else value)
+        value = value * value if self.sqrt else value
+        if self.qmap == "dynamic":  # materialize once: XLA would re-decode in each consumer
+            value = jax.lax.optimization_barrier(value)
+        return value
 
     def encode(self, value, stored):
         if not isinstance(stored, QuantizedArray):
             return value.astype(jnp.float32)
-        return self._quantize(value)
+        return self._quantize(value, stored.key)
 
-    def _quantize(self, value) -> QuantizedArray:
-        value = jax.lax.optimization_barrier(value)  # read twice below (block max, codes)
+    def _quantize(self, value, key) -> QuantizedArray:
+        if self.qmap == "dynamic":
+            value = jax.lax.optimization_barrier(value)  # read twice below (block max, codes)
         value = jnp.sqrt(value) if self.sqrt else value
-        codes, scale = quantize(value, self._map(), self.block_size, zero_point=self.signed)
-        return QuantizedArray(codes, scale, tuple(value.shape))
+        noise_key = None
+        if key is not None:
+            key, sub = jax.random.split(jax.random.wrap_key_data(key))
+            key, noise_key = jax.random.key_data(key), jax.random.key_data(sub)
+        codes, scale = quantize(
+            value, self._map(), self.block_size, zero_point=self.signed, noise_key=noise_key
+        )
+        return QuantizedArray(codes, scale, tuple(value.shape), key)
 
     def _quantizes(self, param) -> bool:
         return param.ndim > 0 and param.size >= max(self.min_size, 1)
 
     def _map(self) -> QuantMap:
-        return QuantMap(self.qmap, self.signed)
+        return resolve_qmap(self.qmap, self.signed)
 
 
 def blockwise_8bit(
@@ -183,14 +204,39 @@ def blockwise_8bit(
     *,
     block_size: int = 256,
     min_size: int = 4096,
-    qmap: str = "dynamic",
+    qmap: str = "float",
     sqrt: bool = False,
+    stochastic: bool | None = None,
+    seed: int = 0,
 ) -> Blockwise8bit:
-    r"""A moment format of 8-bit codes with one absmax scale per block (about 1 byte/param).
+    r"""A moment format of 8-bit codes with one scale per block (about 1 byte/param).
 
     .. math::
-        s_b = \max_{i \in b} |x_i|, \qquad
-        c_i = \arg\min_k |q_k - x_i / s_b|, \qquad \tilde x_i = q_{c_i} s_b
+        \tilde x_i = q_{c_i} \, s_b, \qquad c_i = \operatorname{round}_q(x_i / s_b)
+
+    The default ``qmap="float"`` is a small float: for y = x/s in [-1, 1] the code
+    keeps the float32 bits of |y| rounded to M fraction bits (E4M3 plus a sign
+    for m; E4M4 for v), 1.0 being the top code:
+
+    .. math::
+        q = (1 + f / 2^M)\, 2^{-e}, \quad f < 2^M, \qquad
+        |\tilde y - y| \le 2^{-M-1} |y| \ \ (y \ge q_{\min}), \qquad
+        s_b = 2^{\lfloor \log_2 \max_{i \in b} |x_i| \rfloor + 1}
+
+    so encoding and decoding are a few integer operations (a shift, an add, a bit
+    cast), and the power-of-two block scale makes x/s exact. The block max lands in
+    [s/2, s); the maps reach down to q_min = 1.25·2^-16 (m) and 1.1875·2^-16 (v)
+    of s; below that m rounds to 0 or q_min, and v to q_min. ``"dynamic"`` (Dettmers' dynamic tree,
+    values down to 1e-7 of the block's absmax) and ``"linear"`` keep the absmax
+    scale and nearest rounding; ``"e<E>m<M>"`` picks another float split.
+
+    Stochastic rounding (``stochastic``; float maps only) rounds to one of the two
+    neighbouring map values with probabilities that make it unbiased,
+    E[x̃] = x. It matters for v: β2 = 0.999 moves v by 0.1% per step, far below
+    half a code step (1.6% to 3.1% of v for M = 4), so rounded to nearest v would
+    not follow slow changes (it freezes, as a bfloat16 v does). The default, ``None``, rounds v
+    (``signed=False``) stochastically and m (moved by 10% per step) to nearest.
+    The key lives in the state (8 bytes per leaf) and is split at every step.
 
     Blocks are ``block_size`` consecutive elements of the last axis (the whole
     axis if shorter; a ragged last block is zero-padded), so the codes have the
@@ -204,10 +250,15 @@ def blockwise_8bit(
         second moment v (values in [0, s]; a positive v never rounds to 0).
       block_size: elements per block, a power of two (default 256).
       min_size: parameters smaller than this stay float32 (default 4096).
-      qmap: the 8-bit map: ``"dynamic"`` (dynamic tree, Dettmers et al.) or ``"linear"``.
+      qmap: the 8-bit map: ``"float"`` (E4M3 signed, E4M4 unsigned), a float
+        split ``"e<E>m<M>"`` (E + M = 7 signed, 8 unsigned), ``"dynamic"``
+        (dynamic tree, Dettmers et al.) or ``"linear"``.
       sqrt: store sqrt(x) instead of x (unsigned only): halves the dynamic range
         the map must cover, and rounding errors land on sqrt(v), which is what
         Adam divides by.
+      stochastic: round stochastically (True), to nearest (False), or None: v
+        stochastically and m to nearest on float maps, nearest on the others.
+      seed: seed of the stochastic-rounding key (m and v get different keys).
 
     Returns:
       A ``Blockwise8bit`` format for ``scale_by_moments``'s ``mu_dtype`` / ``nu_dtype``.
@@ -219,7 +270,9 @@ def blockwise_8bit(
       ...     nu_dtype=adamx.blockwise_8bit(signed=False))
 
     References:
-      Dettmers et al., "8-bit Optimizers via Block-wise Quantization", arXiv:2110.02861.
+      Dettmers et al., "8-bit Optimizers via Block-wise Quantization", arXiv:2110.02861;
+      Micikevicius et al., "FP8 Formats for Deep Learning", arXiv:2209.05433;
+      Rouhani et al., "Microscaling Data Formats for Deep Learning", arXiv:2310.10537.
     """
     if not isinstance(signed, bool):
         raise TypeError(f"signed must be True (first moment) or False (second), got {signed!r}.")
@@ -236,14 +289,24 @@ def blockwise_8bit(
         )
     if isinstance(min_size, bool) or not isinstance(min_size, int) or min_size < 0:
         raise ValueError(f"min_size must be an int >= 0 (elements), got {min_size!r}.")
-    if qmap not in ("dynamic", "linear"):
-        raise ValueError(f'qmap must be "dynamic" or "linear", got {qmap!r}.')
+    resolve_qmap(qmap, signed)
     if sqrt and signed:
         raise ValueError(
             "sqrt=True stores the root of a non-negative moment and needs signed=False "
             "(the second moment v); the first moment m is signed."
         )
-    return Blockwise8bit(signed, block_size, min_size, qmap, sqrt)
+    if stochastic is not None and not isinstance(stochastic, bool):
+        raise TypeError(f"stochastic must be True, False or None (auto), got {stochastic!r}.")
+    if stochastic is None:
+        stochastic = not signed and qmap not in ("dynamic", "linear")
+    if stochastic and qmap in ("dynamic", "linear"):
+        raise ValueError(
+            f'stochastic=True rounds on a float map\'s bit pattern and needs qmap="float" '
+            f'(or "e<E>m<M>"), got qmap={qmap!r}.'
+        )
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be a Python int, got {seed!r}.")
+    return Blockwise8bit(signed, block_size, min_size, qmap, sqrt, stochastic, seed)
 
 
 def as_format(name: str, spec: Any) -> MomentFormat:

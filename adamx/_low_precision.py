@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ._random_bits import random_bits, uniform
 from ._types import PyTree
 from ._validation import (
     check_float_leaves,
@@ -62,11 +63,13 @@ def round_stochastic(x: jax.Array, dtype: Any, key: jax.Array) -> jax.Array:
     where ⌊x⌋ and ⌈x⌉ are the neighbouring numbers of ``dtype`` around ``x``.
     For bfloat16 (the upper half of a float32) this is adding 16 random bits to
     the float32 bit pattern and truncating; other dtypes compare a uniform draw
-    with the distance to the nearest number.
+    with the distance to the nearest number. The random bits are a keyed hash of
+    each element's index (``_random_bits``): cheap, and the same under sharding.
     """
+    key_data = jax.random.key_data(key)
     if jnp.dtype(dtype) == jnp.bfloat16:
         bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
-        noise = jax.random.bits(key, x.shape, jnp.uint16).astype(jnp.uint32)
+        noise = random_bits(key_data, x.shape) >> 16
         truncated = (bits + noise) & jnp.uint32(0xFFFF0000)
         return jax.lax.bitcast_convert_type(truncated, jnp.float32).astype(dtype)
     nearest = x.astype(dtype)
@@ -75,7 +78,7 @@ def round_stochastic(x: jax.Array, dtype: Any, key: jax.Array) -> jax.Array:
     other = jnp.nextafter(nearest, toward)
     gap = other.astype(jnp.float32) - near
     prob = jnp.where(gap != 0, (x - near) / jnp.where(gap != 0, gap, 1.0), 0.0)
-    take_other = jax.random.uniform(key, x.shape) < prob
+    take_other = uniform(key_data, x.shape) < prob
     return jnp.where(take_other, other, nearest)
 
 

@@ -1,22 +1,32 @@
-"""Blockwise 8-bit quantization: per-block absmax scale plus 8-bit codes into a map.
+r"""Blockwise 8-bit quantization: per-block scale plus 8-bit codes into a map.
 
 An array ``x`` is cut into blocks of ``b`` consecutive elements of its last axis
 (leading axes are kept, so a block never crosses a shard boundary of a leading
-axis). Each block keeps ``s = max |x_i|`` in float32 and one byte per element,
-the index of the map value nearest to ``x_i / s``:
+axis). Each block keeps one float32 scale ``s`` and one byte per element, the
+code of a map value q near ``x_i / s``:
 
 .. math::
-    c_i = \\arg\\min_k |q_k - x_i / s|, \\qquad \\tilde x_i = q_{c_i} \\, s
+    \tilde x_i = q_{c_i} \, s
 
-Maps (255 finite values in [-1, 1] or [0, 1], sorted; code 255 is NaN):
+Maps (255 finite values in [-1, 1] or [0, 1], sorted by code; code 255 is NaN;
+signed maps have 0 at code 127, unsigned ones at code 0):
 
+- float maps ``"eEmM"`` (E + M = 7 signed, 8 unsigned): the positive values are
+  the float32 numbers with M fraction bits, (1 + f/2^M) 2^-e, the largest 1.0:
+  the value with index k is the float32 whose bit pattern is
+  ``(k + 1 + offset) << (23 - M)``. Encoding rounds the bit pattern of |y| to M
+  fraction bits (nearest, or stochastic with added random bits), decoding is a
+  shift and a bit cast: a few integer operations per element, which XLA fuses
+  and vectorizes. The block scale is the power of two just above the block's
+  largest finite |x|, found by a max over the uint8 exponent fields, so x / s is
+  an exact exponent subtraction. Relative error at most 2^-(M+1) from q_min up.
 - ``"dynamic"``: dynamic tree quantization (Dettmers et al. 2021): an exponent
   10^-e, e = 0..6, and a linear fraction in (0.1, 1] whose resolution halves at
-  each smaller exponent. Relative error about 0.4% near the block maximum, and
-  values down to 1e-7 of it stay non-zero.
-- ``"linear"``: evenly spaced values (k/127 signed, k/254 unsigned).
+  each smaller exponent. Scale: the block's absmax. Relative error about 0.4%
+  near the block maximum, and values down to 1e-7 of it stay non-zero.
+- ``"linear"``: evenly spaced values (k/127 signed, k/254 unsigned), absmax scale.
 
-Non-finite values: the block scale is the max over finite values only, and a NaN
+Non-finite values: the block scale is taken over finite values only, and a NaN
 or ±inf element gets the NaN code, so it decodes as NaN on its own (as the fp32
 moment would poison that element) and the rest of its block is unaffected.
 ``zero_point=False`` (used for Adam's second moment) never rounds a positive
@@ -24,7 +34,9 @@ value to 0: a zero v would turn m/(sqrt(v)+eps) into m/eps, a huge step.
 
 References:
   Dettmers, Lewis, Shleifer & Zettlemoyer, "8-bit Optimizers via Block-wise
-  Quantization", arXiv:2110.02861.
+  Quantization", arXiv:2110.02861; Micikevicius et al., "FP8 Formats for Deep
+  Learning", arXiv:2209.05433; Rouhani et al., "Microscaling Data Formats for
+  Deep Learning", arXiv:2310.10537 (power-of-two block scales).
 """
 
 import dataclasses
@@ -35,13 +47,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._random_bits import random_bits
+
 NAN_CODE = 255
 _LEVELS = 7  # exponents 10^0 .. 10^-6 of the dynamic map
 
 
 @functools.partial(
     jax.tree_util.register_dataclass,
-    data_fields=["codes", "scale"],
+    data_fields=["codes", "scale", "key"],
     meta_fields=["shape"],
 )
 @dataclasses.dataclass(frozen=True)
@@ -50,20 +64,24 @@ class QuantizedArray:
 
     Attributes:
       codes: uint8, shape ``(*lead, n_blocks, block)``: indices into the map.
-      scale: float32, shape ``(*lead, n_blocks)``: each block's max |x|.
+      scale: float32, shape ``(*lead, n_blocks)``: each block's max |x|
+        (dynamic and linear maps) or the power of two just above it (float maps).
       shape: the original shape (static; the last axis is zero-padded to
         ``n_blocks * block`` when it is not a multiple of the block).
+      key: uint32 raw PRNG key data of stochastic rounding, split at every
+        encode; None when rounding to nearest.
     """
 
     codes: jax.Array
     scale: jax.Array
     shape: tuple
+    key: jax.Array | None = None
 
 
 class QuantMap(NamedTuple):
     """A sorted 8-bit map: ``values()`` for decoding, ``index(y)`` for nearest encoding."""
 
-    kind: str  # "dynamic" or "linear"
+    kind: str  # "dynamic", "linear" or a float map "eEmM"
     signed: bool
 
     def values(self) -> np.ndarray:
@@ -72,29 +90,85 @@ class QuantMap(NamedTuple):
 
     def index(self, y: jax.Array, *, zero_point: bool = True) -> jax.Array:
         """The code of the map value nearest each ``y`` in [-1, 1] (float32 in, int32 out)."""
-        a = jnp.abs(y)
-        k = (
-            _dynamic_index(a, self.signed)
-            if self.kind == "dynamic"
-            else _linear_index(a, self.signed)
-        )
-        if not zero_point:  # never round a positive value to 0
-            k = jnp.where(a > 0, jnp.maximum(k, 0), k)
-        zero = 127 if self.signed else 0
-        return jnp.where(y < 0, zero - 1 - k, zero + 1 + k)
+        return _index(self, y, zero_point)
 
     def value(self, codes: jax.Array) -> jax.Array:
         """The float32 map value of each code, computed (no table gather: it shards freely)."""
-        c = codes.astype(jnp.int32)
-        zero = 127 if self.signed else 0
-        k = jnp.abs(c - zero) - 1  # index among the positive values, -1 for zero
-        if self.kind == "dynamic":
-            magnitude = _dynamic_value(k, self.signed)
-        else:
-            magnitude = (k + 1).astype(jnp.float32) / (127.0 if self.signed else 254.0)
-        magnitude = jnp.where(k < 0, 0.0, magnitude)
-        signed = jnp.where(c < zero, -magnitude, magnitude)
-        return jnp.where(c == NAN_CODE, jnp.nan, signed)
+        return _value(self, codes)
+
+    @property
+    def mantissa_bits(self) -> int:
+        """M of an ``"eXmM"`` float map (the fraction bits kept of a float32)."""
+        return int(self.kind.split("m")[1])
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _index(qmap: QuantMap, y: jax.Array, zero_point: bool) -> jax.Array:
+    a = jnp.abs(y)
+    if qmap.kind == "dynamic":
+        k = _dynamic_index(a, qmap.signed)
+    elif qmap.kind == "linear":
+        k = _linear_index(a, qmap.signed)
+    else:
+        k = _float_index(a, qmap.signed, qmap.mantissa_bits)
+    if not zero_point:  # never round a positive value to 0
+        k = jnp.where(a > 0, jnp.maximum(k, 0), k)
+    zero = 127 if qmap.signed else 0
+    return jnp.where(y < 0, zero - 1 - k, zero + 1 + k)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _value(qmap: QuantMap, codes: jax.Array) -> jax.Array:
+    c = codes.astype(jnp.int32)
+    zero = 127 if qmap.signed else 0
+    k = jnp.abs(c - zero) - 1  # index among the positive values, -1 for zero
+    if qmap.kind == "dynamic":
+        magnitude = _dynamic_value(k, qmap.signed)
+    elif qmap.kind == "linear":
+        magnitude = (k + 1).astype(jnp.float32) / (127.0 if qmap.signed else 254.0)
+    else:
+        magnitude = _float_value(k, qmap.signed, qmap.mantissa_bits)
+    magnitude = jnp.where(k < 0, 0.0, magnitude)
+    signed = jnp.where(c < zero, -magnitude, magnitude) if qmap.signed else magnitude
+    return jnp.where(c == NAN_CODE, jnp.nan, signed)
+
+
+def float_map_constants(signed: bool, mantissa_bits: int) -> tuple[int, int, int]:
+    """``(top, offset, shift)`` of the float map: the positive value with index k is
+    the float32 whose bit pattern is ``(k + 1 + offset) << shift``, and the top index
+    ``top - 1`` is 1.0."""
+    top = 127 if signed else 254  # positive values (codes 0 and 255 are 0 and NaN)
+    shift = 23 - mantissa_bits
+    return top, (127 << mantissa_bits) - top, shift
+
+
+def _float_index(a: jax.Array, signed: bool, mantissa_bits: int) -> jax.Array:
+    """Index among the positive values of the float map value nearest ``a`` (-1: zero)."""
+    return _float_index_bits(jax.lax.bitcast_convert_type(a, jnp.int32), signed, mantissa_bits)
+
+
+def _float_index_bits(bits, signed: bool, mantissa_bits: int, noise=None) -> jax.Array:
+    """``_float_index`` of the float32 whose bit pattern is ``bits`` (int32, >= 0 or underflow).
+
+    Rounds the bit pattern to ``mantissa_bits`` fraction bits (adding half the
+    dropped unit first: round half up, carrying into the exponent), then subtracts
+    the offset that puts 1.0 at the top. Below the smallest value q_0: q_0 from
+    q_0 / 2 up, else 0 (bit patterns of non-negative floats order like the floats).
+    With ``noise`` (uniform integers in [0, 2^shift)) added instead of half the
+    unit, the rounding is stochastic and unbiased: a value is linear in its bit
+    pattern between two neighbouring map values, even across a binade boundary.
+    """
+    top, offset, shift = float_map_constants(signed, mantissa_bits)
+    bias = (1 << (shift - 1)) if noise is None else noise
+    k = jnp.minimum(((bits + bias) >> shift) - offset, top) - 1
+    half_smallest = np.array((1 + offset) << shift, np.int32).view(np.float32) / 2
+    return jnp.where(k >= 0, k, jnp.where(bits >= half_smallest.view(np.int32), 0, -1))
+
+
+def _float_value(k: jax.Array, signed: bool, mantissa_bits: int) -> jax.Array:
+    """The positive float map value with index ``k`` >= 0: a shift and a bit cast."""
+    _, offset, shift = float_map_constants(signed, mantissa_bits)
+    return jax.lax.bitcast_convert_type((k + 1 + offset) << shift, jnp.float32)
 
 
 def _level_sizes(signed: bool) -> np.ndarray:
@@ -145,6 +219,24 @@ def _linear_index(a: jax.Array, signed: bool) -> jax.Array:
     return jnp.clip(jnp.round(a * n), 0, n).astype(jnp.int32) - 1
 
 
+def resolve_qmap(qmap: object, signed: bool) -> QuantMap:
+    """The ``QuantMap`` named by ``qmap``; a ValueError naming the valid maps otherwise.
+
+    ``"float"`` is e4m3 for the signed map and e4m4 for the unsigned one.
+    """
+    bits = 7 if signed else 8  # magnitude bits: the signed map spends one on the sign
+    floats = [f"e{e}m{bits - e}" for e in range(2, bits)]
+    if qmap == "float":
+        qmap = "e4m3" if signed else "e4m4"
+    if qmap in ("dynamic", "linear", *floats):
+        return QuantMap(qmap, signed)
+    raise ValueError(
+        f'qmap must be "float", "dynamic", "linear" or a float map '
+        f'"e<E>m<M>" with E + M = {bits} for signed={signed} '
+        f"({', '.join(floats)}), got {qmap!r}."
+    )
+
+
 def block_layout(shape: tuple, block_size: int) -> tuple[int, int]:
     """``(n_blocks, block)`` along the last axis (one block of the whole axis if it is shorter)."""
     last = shape[-1]
@@ -153,18 +245,63 @@ def block_layout(shape: tuple, block_size: int) -> tuple[int, int]:
 
 
 @functools.partial(jax.jit, static_argnames=("qmap", "block_size", "zero_point"))
-def quantize(x: jax.Array, qmap: QuantMap, block_size: int, *, zero_point: bool = True):
-    """Blockwise 8-bit codes of ``x`` (see the module docstring)."""
+def quantize(
+    x: jax.Array,
+    qmap: QuantMap,
+    block_size: int,
+    *,
+    zero_point: bool = True,
+    noise_key: jax.Array | None = None,
+):
+    """Blockwise 8-bit codes of ``x`` and the block scales (see the module docstring).
+
+    ``noise_key`` (raw key data; float maps only) rounds stochastically instead of
+    to nearest.
+    """
     n_blocks, block = block_layout(x.shape, block_size)
     x = x.astype(jnp.float32)
     pad = n_blocks * block - x.shape[-1]
     if pad:
         x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)])
     blocks = x.reshape(*x.shape[:-1], n_blocks, block)
+    if qmap.kind not in ("dynamic", "linear"):
+        return _quantize_float(blocks, qmap, zero_point, noise_key)
+    if noise_key is not None:
+        raise ValueError(f"stochastic rounding needs a float map, got qmap={qmap.kind!r}.")
     finite = jnp.isfinite(blocks)
     scale = jnp.max(jnp.where(finite, jnp.abs(blocks), 0.0), axis=-1)
     y = blocks / jnp.where(scale > 0, scale, 1.0)[..., None]
     codes = jnp.where(finite, qmap.index(y, zero_point=zero_point), NAN_CODE)
+    return codes.astype(jnp.uint8), scale
+
+
+def _quantize_float(blocks, qmap: QuantMap, zero_point: bool, noise_key=None):
+    """Float-map codes with a power-of-two block scale, in integer arithmetic.
+
+    The scale is the power of two just above the block's largest finite |x|,
+    ``s = 2^(E+1)`` for the largest biased exponent field E: its one reduction runs
+    over uint8 exponents, and ``x / s`` is exact (an exponent subtraction on the
+    bit pattern), so encoding is a handful of integer operations per element.
+    Float32 subnormals are read as 0 (positive ones still get q_0 when
+    ``zero_point=False``).
+    """
+    bits = jax.lax.bitcast_convert_type(blocks, jnp.int32)
+    mag = bits & 0x7FFFFFFF
+    finite = mag < 0x7F800000
+    exponent = jnp.where(finite, mag >> 23, 0)  # biased; 0 for zeros and subnormals
+    scale_exp = jnp.minimum(jnp.max(exponent.astype(jnp.uint8), axis=-1).astype(jnp.int32), 253)
+    y_bits = jnp.where(exponent > 0, mag - ((scale_exp - 126) << 23)[..., None], 0)  # |x| / s
+    if noise_key is None:
+        k = _float_index_bits(y_bits, qmap.signed, qmap.mantissa_bits)
+    else:
+        noise = random_bits(noise_key, y_bits.shape) >> (9 + qmap.mantissa_bits)
+        k = _float_index_bits(y_bits, qmap.signed, qmap.mantissa_bits, noise.astype(jnp.int32))
+    if not zero_point:  # never round a positive value to 0
+        k = jnp.where(mag > 0, jnp.maximum(k, 0), k)
+    zero = 127 if qmap.signed else 0
+    codes = jnp.where(bits < 0, zero - 1 - k, zero + 1 + k) if qmap.signed else 1 + k
+    codes = jnp.where(finite, codes, NAN_CODE)
+    scale = jax.lax.bitcast_convert_type((scale_exp + 1) << 23, jnp.float32)
     return codes.astype(jnp.uint8), scale
 
 

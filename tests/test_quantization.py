@@ -1,7 +1,9 @@
 """Blockwise 8-bit codec and the ``blockwise_8bit`` format: maps, round trips, layout, errors.
 
 References are independent: NumPy brute-force nearest-neighbour search over the
-map, the dynamic-tree construction written out from the paper, hand-counted bytes.
+map, the dynamic-tree construction written out from the paper, the float grid
+(1 + f/2^M) 2^-e enumerated in NumPy, np.frexp for power-of-two scales, closed-form
+error bounds, hand-counted bytes.
 """
 
 import jax
@@ -10,9 +12,20 @@ import numpy as np
 import pytest
 
 import adamx
-from adamx._quantization import NAN_CODE, QuantMap, dequantize, quantize
+from adamx._quantization import NAN_CODE, QuantMap, dequantize, quantize, resolve_qmap
 
 MAPS = [("dynamic", True), ("dynamic", False), ("linear", True), ("linear", False)]
+FLOAT_MAPS = [("e4m3", True), ("e3m4", True), ("e4m4", False), ("e5m3", False)]
+
+
+def _float_grid(signed: bool, mantissa_bits: int) -> np.ndarray:
+    """The positive values of a float map: the largest 127 (signed) or 254 (unsigned)
+    numbers (1 + f/2^M) 2^-e that are <= 1, enumerated in float64."""
+    grid = {
+        (1 + f / 2**mantissa_bits) * 2.0**-e for e in range(1, 40) for f in range(2**mantissa_bits)
+    }
+    grid = sorted(grid | {1.0})
+    return np.array(grid[-(127 if signed else 254) :])
 
 
 def _nearest_error(table: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -21,7 +34,7 @@ def _nearest_error(table: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.abs(finite[None, :] - y[:, None]).min(axis=1)
 
 
-@pytest.mark.parametrize(("kind", "signed"), MAPS)
+@pytest.mark.parametrize(("kind", "signed"), MAPS + FLOAT_MAPS)
 def test_map_is_sorted_with_endpoints_and_a_nan_code(kind, signed):
     table = QuantMap(kind, signed).values()
     assert table.shape == (256,) and table.dtype == np.float32
@@ -47,7 +60,21 @@ def test_dynamic_map_matches_the_paper_construction():
     assert 1e-7 < smallest < 1e-6  # the second moment keeps 7 decades below its block max
 
 
-@pytest.mark.parametrize(("kind", "signed"), MAPS)
+@pytest.mark.parametrize(("kind", "signed"), FLOAT_MAPS)
+def test_float_map_is_the_float_grid(kind, signed):
+    # Codes 1..top above zero: 1.0 at the top, then every float with M fraction bits below.
+    mantissa_bits = int(kind[-1])
+    table = QuantMap(kind, signed).values().astype(np.float64)
+    zero = 127 if signed else 0
+    np.testing.assert_array_equal(table[zero + 1 : NAN_CODE], _float_grid(signed, mantissa_bits))
+    assert table[zero] == 0.0
+    if signed:  # symmetric: code 127 - k is minus code 127 + k
+        np.testing.assert_array_equal(table[:127], -table[128:NAN_CODE][::-1])
+    assert adamx.blockwise_8bit(signed).init(jnp.zeros(4096)).codes.dtype == jnp.uint8
+    assert adamx.blockwise_8bit(signed)._map() == QuantMap("e4m3" if signed else "e4m4", signed)
+
+
+@pytest.mark.parametrize(("kind", "signed"), MAPS + FLOAT_MAPS)
 def test_encoding_picks_the_nearest_map_value(kind, signed):
     qmap = QuantMap(kind, signed)
     table = qmap.values()
@@ -92,6 +119,33 @@ def test_round_trip_error_is_bounded_per_block(signed):
     assert err.max() <= half_step * (1 + 1e-4) and err.max() > half_step / 2
 
 
+@pytest.mark.parametrize(("kind", "signed"), FLOAT_MAPS)
+def test_float_round_trip_error_is_bounded_per_block(kind, signed):
+    # Closed form: s = 2^(floor(log2 max|x|) + 1) per block (x / s is exact), and each
+    # element is off by at most half a step, 2^-(M+1) |x|, down to q_min s; below
+    # that by at most q_min s / 2 (signed: 0 or q_min) or q_min s (unsigned: q_min).
+    mantissa_bits = int(kind[-1])
+    q_min = _float_grid(signed, mantissa_bits)[0]
+    rng = np.random.default_rng(1)
+    scales = 10.0 ** rng.uniform(-6, 3, size=(3, 8, 1))
+    depth = 1.5 * np.log2(1 / q_min)  # a third of the elements fall below q_min s
+    x = rng.standard_normal((3, 8, 256)) * 2.0 ** rng.uniform(-depth, 0, (3, 8, 256)) * scales
+    x = (x if signed else np.abs(x)).astype(np.float32)
+    qmap = QuantMap(kind, signed)
+    codes, scale = quantize(jnp.asarray(x.reshape(3, 2048)), qmap, 256, zero_point=signed)
+    back = np.asarray(dequantize(codes, scale, qmap, (3, 2048))).reshape(3, 8, 256)
+    _, exponent = np.frexp(np.abs(x).max(axis=-1))  # max = f 2^exponent, f in [0.5, 1)
+    np.testing.assert_array_equal(np.asarray(scale), np.ldexp(1.0, exponent))
+    s = np.ldexp(1.0, exponent)[..., None]
+    err = np.abs(back.astype(np.float64) - x)
+    big = np.abs(x) >= q_min * s
+    assert big.mean() > 0.4 and (~big).mean() > 0.1  # both regimes are exercised
+    half_step = 2.0 ** -(mantissa_bits + 1)
+    assert np.all(err[big] <= half_step * np.abs(x[big]))
+    assert err[big].max() > half_step / 2 * np.abs(x[big]).max() / 2**3
+    assert np.all(err[~big] <= (q_min / 2 if signed else q_min) * s.repeat(256, -1)[~big])
+
+
 def test_block_max_round_trips_exactly_and_zero_blocks_stay_zero():
     x = np.zeros((2, 512), np.float32)
     x[0, :256] = np.linspace(-3.0, 2.0, 256)
@@ -103,47 +157,58 @@ def test_block_max_round_trips_exactly_and_zero_blocks_stay_zero():
     np.testing.assert_array_equal(back[1], 0.0)
 
 
-def test_non_finite_elements_do_not_poison_their_block():
+def _scale_reference(kind, absmax):
+    """Block scale: absmax (dynamic, linear) or the power of two above it (float maps)."""
+    if kind in ("dynamic", "linear"):
+        return absmax
+    return np.ldexp(1.0, np.frexp(absmax)[1])
+
+
+@pytest.mark.parametrize("kind", ["dynamic", "e4m3"])
+def test_non_finite_elements_do_not_poison_their_block(kind):
     # Each NaN/inf decodes as NaN on its own; the block's scale ignores it.
     rng = np.random.default_rng(2)
     x = rng.standard_normal(1024).astype(np.float32)
     x[3], x[300], x[600] = np.nan, np.inf, -np.inf
-    qmap = QuantMap("dynamic", True)
+    qmap = QuantMap(kind, True)
     codes, scale = quantize(jnp.asarray(x), qmap, 256)
     back = np.asarray(dequantize(codes, scale, qmap, x.shape))
     assert np.isnan(back[[3, 300, 600]]).all()
     finite = np.isfinite(x)
     assert np.isfinite(back[finite]).all()
-    np.testing.assert_allclose(
-        np.asarray(scale), np.nanmax(np.where(finite, np.abs(x), 0).reshape(4, 256), -1)
-    )
-    np.testing.assert_allclose(back[finite], x[finite], atol=0.01 * np.abs(x[finite]).max())
+    absmax = np.nanmax(np.where(finite, np.abs(x), 0).reshape(4, 256), -1)
+    np.testing.assert_allclose(np.asarray(scale), _scale_reference(kind, absmax))
+    tol = dict(atol=0.01 * absmax.max()) if kind == "dynamic" else dict(rtol=1 / 16, atol=1e-4)
+    np.testing.assert_allclose(back[finite], x[finite], **tol)
 
 
-def test_denormal_blocks_stay_finite():
+@pytest.mark.parametrize("kind", ["dynamic", "float"])
+def test_denormal_blocks_stay_finite(kind):
     tiny = np.float32(1e-40)  # a float32 denormal
     x = np.full(512, tiny, np.float32)
     x[256:] = np.linspace(-1.0, 1.0, 256)
     x[300] = tiny
     for signed in (True, False):
-        qmap = QuantMap("dynamic", signed)
+        qmap = resolve_qmap(kind, signed)
         xs = x if signed else np.abs(x)
         codes, scale = quantize(jnp.asarray(xs), qmap, 256)
         back = np.asarray(dequantize(codes, scale, qmap, x.shape))
         assert np.isfinite(back).all()
         assert np.all(np.abs(back[:256]) <= 2e-40)  # kept or flushed to zero, never blown up
-        np.testing.assert_allclose(back[256:], xs[256:], atol=0.01)
+        np.testing.assert_allclose(back[256:], xs[256:], rtol=1 / 16, atol=1e-3)
 
 
-def test_positive_second_moment_never_rounds_to_zero():
+@pytest.mark.parametrize("kind", ["dynamic", "e4m4"])
+def test_positive_second_moment_never_rounds_to_zero(kind):
     # v = 1e-12 next to v = 1 in one block: the nearest map value is 0, but a zero v
     # would make m / (sqrt(v) + eps) explode, so the unsigned format keeps it positive.
     v = np.ones(256, np.float32)
     v[7] = 1e-12
-    qmap = QuantMap("dynamic", False)
+    qmap = QuantMap(kind, False)
     codes, scale = quantize(jnp.asarray(v), qmap, 256, zero_point=False)
     back = np.asarray(dequantize(codes, scale, qmap, v.shape))
-    assert back[7] == qmap.values()[1] and back[7] > 0
+    smallest = qmap.values()[1] * _scale_reference(kind, 1.0)
+    assert back[7] == np.float32(smallest) and back[7] > 0
     codes, scale = quantize(jnp.asarray(v), qmap, 256)  # plain nearest rounding
     assert np.asarray(dequantize(codes, scale, qmap, v.shape))[7] == 0.0
 
@@ -164,7 +229,7 @@ def test_blocks_run_along_the_last_axis(shape, codes_shape, scale_shape):
     x = jax.random.normal(jax.random.key(0), shape)
     back = fmt.decode(fmt.encode(x, stored))
     assert back.shape == shape and back.dtype == jnp.float32
-    np.testing.assert_allclose(back, x, atol=0.01 * float(jnp.abs(x).max()))
+    np.testing.assert_allclose(back, x, rtol=1 / 16, atol=1e-4)  # E4M3: half a step, 2^-4
 
 
 def test_small_and_scalar_parameters_stay_float32():
@@ -178,7 +243,7 @@ def test_small_and_scalar_parameters_stay_float32():
 
 
 def test_sqrt_companding_stores_the_root():
-    fmt = adamx.blockwise_8bit(signed=False, sqrt=True, min_size=0)
+    fmt = adamx.blockwise_8bit(signed=False, sqrt=True, min_size=0, qmap="dynamic")
     v = (4.0 * 10.0 ** np.linspace(-14, 0, 256)).astype(np.float32)
     stored = fmt.encode(jnp.asarray(v), fmt.init(jnp.asarray(v)))
     assert float(stored.scale[0]) == pytest.approx(2.0)  # sqrt of the block max
@@ -207,8 +272,14 @@ def test_block_size_must_be_a_power_of_two(block_size):
 
 
 def test_bad_options_are_rejected():
-    with pytest.raises(ValueError, match=r'qmap must be "dynamic" or "linear", got \'log\''):
+    with pytest.raises(ValueError, match=r'qmap must be "float", "dynamic", "linear" or a float'):
         adamx.blockwise_8bit(qmap="log")
+    with pytest.raises(ValueError, match=r"E \+ M = 8 for signed=False .*got 'e4m3'"):
+        adamx.blockwise_8bit(signed=False, qmap="e4m3")
+    with pytest.raises(ValueError, match=r"stochastic=True rounds on a float map.*'dynamic'"):
+        adamx.blockwise_8bit(signed=False, qmap="dynamic", stochastic=True)
+    with pytest.raises(TypeError, match=r"stochastic must be True, False or None"):
+        adamx.blockwise_8bit(stochastic=1)
     with pytest.raises(ValueError, match=r"min_size must be an int >= 0"):
         adamx.blockwise_8bit(min_size=-1)
     with pytest.raises(ValueError, match=r"sqrt=True .* needs signed=False"):

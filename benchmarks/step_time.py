@@ -316,7 +316,7 @@ def bench_tree(name: str, shapes: dict, args) -> dict:
         for c in names
         if runs[c][0]["compile_s"] is not None
     }
-    reference = {c: runs[c][0]["fingerprint"] for c in ("optax.adamw", "train: optax.adamw")}
+    reference = {c: runs[c][0]["fingerprint"] for c in runs if "optax" in c}
     identical = {
         c: runs[c][0]["fingerprint"] == reference["train: " * c.startswith("train") + "optax.adamw"]
         for c in names

@@ -411,7 +411,7 @@ def plot(results: dict, path: Path) -> None:
     ax.set_xticks(np.arange(len(names)), names, fontsize=8)
     ax.set_ylabel("time per call / optax.adamw (lower is faster)")
     ax.set_title("AdamW step, per call (jitted, donated), median")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, ncol=3, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

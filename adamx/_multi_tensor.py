@@ -168,12 +168,18 @@ def pack(tree: PyTree, *, min_size: int = 4096) -> PackedTree:
       ((64000,), (64,))
     """
     _check_min_size(min_size, "pack")
+    _, leaves, treedef, layout = _flatten_for_packing("pack", "leaf", tree, min_size)
+    return _pack(leaves, treedef, layout)
+
+
+def _flatten_for_packing(who: str, what: str, tree: PyTree, min_size: int):
+    """``(paths, leaves, treedef, layout)`` of ``tree``; refuses to pack sharded leaves."""
     paths_and_leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
     paths = [p for p, _ in paths_and_leaves]
     leaves = [leaf for _, leaf in paths_and_leaves]
     layout = _layout(leaves, min_size)
-    _check_not_sharded("pack", "leaf", paths, leaves, layout)
-    return _pack(leaves, treedef, layout)
+    _check_not_sharded(who, what, paths, leaves, layout)
+    return paths, leaves, treedef, layout
 
 
 def _check_min_size(min_size: Any, who: str) -> None:
@@ -281,21 +287,13 @@ def multi_tensor(
     _check_min_size(min_size, _STAGE)
 
     def init_fn(params):
-        paths_and_leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
-        paths = [p for p, _ in paths_and_leaves]
-        leaves = [leaf for _, leaf in paths_and_leaves]
-        layout = _layout(leaves, min_size)
-        _check_not_sharded(_STAGE, "parameter", paths, leaves, layout)
+        _, leaves, treedef, layout = _flatten_for_packing(_STAGE, "parameter", params, min_size)
         state = tx.init(_pack(leaves, treedef, layout))
         _check_no_mask(state)
         return MultiTensorState(inner=state)
 
     def update_fn(updates, state, params=None, **extra_args):
-        paths_and_leaves, treedef = jax.tree_util.tree_flatten_with_path(updates)
-        paths = [p for p, _ in paths_and_leaves]
-        leaves = [leaf for _, leaf in paths_and_leaves]
-        layout = _layout(leaves, min_size)
-        _check_not_sharded(_STAGE, "gradient", paths, leaves, layout)
+        paths, leaves, treedef, layout = _flatten_for_packing(_STAGE, "gradient", updates, min_size)
         packed_params = None
         if params is not None:
             thetas = flatten_like_updates(_STAGE, updates, params, "params")

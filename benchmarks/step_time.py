@@ -316,9 +316,12 @@ def bench_tree(name: str, shapes: dict, args) -> dict:
         for c in names
         if runs[c][0]["compile_s"] is not None
     }
-    reference = {c: runs[c][0]["fingerprint"] for c in runs if "optax" in c}
+
+    def reference(c: str) -> str:  # the optax run that took the same step as c
+        return "train: optax.adamw" if c in TRAIN_CONTENDERS else "optax.adamw"
+
     identical = {
-        c: runs[c][0]["fingerprint"] == reference["train: " * c.startswith("train") + "optax.adamw"]
+        c: runs[c][0]["fingerprint"] == runs[reference(c)][0]["fingerprint"]
         for c in names
         if "optax" not in c
     }

@@ -100,13 +100,9 @@ def assert_runs_equal(ours, theirs, params, steps=STEPS, path="per_leaf"):
     assert_path_matches(path, (u1, p1), (u2, p2))
 
 
-def _has_mask(kwargs) -> bool:
-    return kwargs.get("mask") is not None
-
-
 def _compatible(path: str, kwargs: dict) -> bool:
     """multi_tensor refuses masks inside it by design (tested in test_multi_tensor.py)."""
-    return PATHS[path].takes_masks or not _has_mask(kwargs)
+    return PATHS[path].takes_masks or kwargs.get("mask") is None
 
 
 @pytest.mark.parametrize(

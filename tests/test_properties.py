@@ -28,14 +28,8 @@ DTYPES = {"f32": jnp.float32, "bf16": jnp.bfloat16, "f16": jnp.float16, "c64": j
 # multi_tensor refuses a mask inside it (by design: it would see buckets, not leaves); the
 # supported form, masks outside, is tested in test_multi_tensor.py.
 MASKED = {"adamw_masked_schedule"}
-
-CASES = [
-    (f"{path}_{opt}_{dt}", path, opt, dt)
-    for path in PATHS
-    for opt in OPTIMIZERS
-    if PATHS[path].takes_masks or opt not in MASKED
-    for dt in DTYPES
-]
+PAIRS = [(p, o) for p in PATHS for o in OPTIMIZERS if PATHS[p].takes_masks or o not in MASKED]
+CASES = [(f"{path}_{opt}_{dt}", path, opt, dt) for path, opt in PAIRS for dt in DTYPES]
 
 
 def _spec(tree):
@@ -69,14 +63,7 @@ class PropertiesTest(chex.TestCase):
             self.assertEqual(_spec(state), init_spec)
 
     @chex.variants(with_jit=True, without_jit=True)
-    @parameterized.named_parameters(
-        *[
-            (f"{p}_{o}", p, o)
-            for p in PATHS
-            for o in OPTIMIZERS
-            if (p, o) in {c[1:3] for c in CASES}
-        ]
-    )
+    @parameterized.named_parameters(*[(f"{p}_{o}", p, o) for p, o in PAIRS])
     def test_state_stable_under_cond(self, path, opt):
         tx = PATHS[path](OPTIMIZERS[opt]())
         params = make_params(jnp.float32)

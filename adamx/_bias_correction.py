@@ -26,8 +26,11 @@ class MomentumScheduleState(NamedTuple):
 
 
 def _momentum(b1: Any, psi: Any, t: jax.Array) -> jax.Array:
-    """PyTorch NAdam's momentum schedule μ_t = β1·(1 - ½·0.96^(t·ψ)), in the default float."""
-    return b1 * (1.0 - 0.5 * 0.96 ** (t.astype(float) * psi))
+    """PyTorch NAdam's momentum schedule μ_t = β1·(1 - ½·0.96^(t·ψ)); ``t`` in the default float.
+
+    ``t`` is a float so that ``t + 1`` cannot wrap at the saturated int32 step count.
+    """
+    return b1 * (1.0 - 0.5 * 0.96 ** (t * psi))
 
 
 def _check_flags(nesterov: Any, momentum_decay: Any, correct_mu: Any, correct_nu: Any) -> None:
@@ -131,7 +134,9 @@ def bias_correct(
     def first_moment(t, state):
         """(coefficient of m_t, coefficient of g_t or None, new state) for the first moment."""
         if scheduled:
-            mu_t, mu_next = _momentum(b1, momentum_decay, t), _momentum(b1, momentum_decay, t + 1)
+            t_float = t.astype(float)
+            mu_t = _momentum(b1, momentum_decay, t_float)
+            mu_next = _momentum(b1, momentum_decay, t_float + 1)
             product = state.mu_product * mu_t
             c_m = mu_next / (1.0 - product * mu_next)
             c_g = (1.0 - mu_t) / (1.0 - product)

@@ -4,6 +4,7 @@ One command::
 
     python benchmarks/step_time.py            # full run (the four trees of issue 5)
     python benchmarks/step_time.py --quick    # small trees, few reps: a smoke test in seconds
+    python benchmarks/step_time.py --trees many   # only the many-leaf tree (2000 leaves x 64)
 
 Measures, for every tree and every contender, with the same hyperparameters:
 
@@ -96,6 +97,11 @@ def jax_contenders() -> dict:
         # adamx.adamw on adamx.pack(params): the step takes and returns packed params, and the
         # gradients are packed, as jax.grad through PackedTree.unpack() returns them.
         "adamx.pack": (lambda: adamx.adamw(h["lr"], **kw), True),
+        # optax's own answer to many small leaves: ravel params and gradients into one vector
+        # per call, run the chain on it, split the updates back. Not bit-identical to per-leaf
+        # optax.adamw under jit (a different program, fused differently): see the JSON's
+        # bit_identical_to_optax.
+        "optax.flatten": (lambda: optax.flatten(optax.adamw(h["lr"], **kw)), False),
     }
 
 
@@ -323,7 +329,7 @@ def bench_tree(name: str, shapes: dict, args) -> dict:
     identical = {
         c: runs[c][0]["fingerprint"] == runs[reference(c)][0]["fingerprint"]
         for c in names
-        if "optax" not in c
+        if c != reference(c)
     }
     median = {c: statistics.median(v) for c, v in samples.items()}
     gbs = {c: BYTES_PER_PARAM * n_params / t / 1e9 for c, t in median.items()}
@@ -335,6 +341,15 @@ def bench_tree(name: str, shapes: dict, args) -> dict:
         ratios[f"{c}/optax"] = median[f"adamx.{c}"] / median["optax.adamw"]
         ratios[f"{c}/adamx"] = median[f"adamx.{c}"] / median["adamx.adamw"]
         ratios[f"compile {c}/optax"] = compile_s[f"adamx.{c}"] / compile_s["optax.adamw"]
+    if "optax.flatten" in median:  # the fair yardstick of the packed paths
+        for c in ("multi_tensor", "pack"):
+            ratios[f"{c}/flatten"] = median[f"adamx.{c}"] / median["optax.flatten"]
+            ratios[f"compile {c}/flatten"] = compile_s[f"adamx.{c}"] / compile_s["optax.flatten"]
+        ratios["flatten/optax"] = median["optax.flatten"] / median["optax.adamw"]
+        ratios["compile flatten/optax"] = compile_s["optax.flatten"] / compile_s["optax.adamw"]
+        if compute:
+            for c in ("multi_tensor", "pack"):
+                ratios[f"compute {c}/flatten"] = compute[f"adamx.{c}"] / compute["optax.flatten"]
     if "torch fused" in median:
         for c in ("adamw", "multi_tensor", "pack"):
             ratios[f"{c}/torch_fused"] = median[f"adamx.{c}"] / median["torch fused"]
@@ -360,7 +375,8 @@ def bench_tree(name: str, shapes: dict, args) -> dict:
 
 
 STEP_COLUMNS = [
-    "optax.adamw", "adamx.adamw", "adamx.multi_tensor", "adamx.pack", "torch fused", "torch foreach"
+    "optax.adamw", "adamx.adamw", "adamx.multi_tensor", "adamx.pack", "optax.flatten",
+    "torch fused", "torch foreach",
 ]  # fmt: skip
 COLUMNS = STEP_COLUMNS + list(TRAIN_CONTENDERS)
 
@@ -419,6 +435,33 @@ def plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def select_trees(trees: dict, spec: str | None) -> dict:
+    """The trees named by ``spec``: indices, fragments of names, or ``many`` (≥ 200 leaves)."""
+    if not spec:
+        return trees
+    names = list(trees)
+    keep = set()
+    for item in (part.strip() for part in spec.split(",")):
+        if item.isdigit() and int(item) < len(names):
+            hits = [names[int(item)]]
+        elif item.lower() == "many":
+            hits = [n for n in names if len(trees[n]) >= 200]
+        else:
+            hits = [n for n in names if item.lower() in n.lower()]
+        if not hits:
+            raise SystemExit(f"--trees: {item!r} matches none of {names} (or use an index, 'many')")
+        keep.update(hits)
+    return {n: trees[n] for n in names if n in keep}
+
+
+def default_out(args) -> Path:
+    """step_time[_quick].json for the whole run; a tree selection gets its own file."""
+    stem = "step_time" + ("_quick" if args.quick else "")
+    if args.trees:
+        stem += "_trees_" + "".join(c if c.isalnum() else "_" for c in args.trees.lower())
+    return RESULTS / f"{stem}.json"
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small trees, few reps (seconds)")
@@ -429,7 +472,12 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--no-train", action="store_true", help="skip the training step on many-leaf trees"
     )
-    parser.add_argument("--trees", default=None, help="comma-separated tree indices (0-3)")
+    parser.add_argument(
+        "--trees",
+        default=None,
+        help="comma-separated tree indices (0-3), name fragments, or 'many' (the trees of "
+        "200 leaves or more); a selection writes step_time_<selection>.json unless --out is given",
+    )
     parser.add_argument("--out", default=None, help="results JSON path")
     parser.add_argument("--rounds", type=int, default=None, help="processes per contender")
     parser.add_argument("--worker", nargs=2, metavar=("TREE", "CONTENDER"), help=argparse.SUPPRESS)
@@ -443,10 +491,7 @@ def main(argv=None) -> None:
         print(json.dumps(measure(*args.worker, args)))
         return
 
-    trees = tree_shapes(args.quick)
-    if args.trees:
-        keep = {int(i) for i in args.trees.split(",")}
-        trees = {k: v for i, (k, v) in enumerate(trees.items()) if i in keep}
+    trees = select_trees(tree_shapes(args.quick), args.trees)
 
     info = conditions()
     probe_n = (1 << 20) if args.quick else (1 << 24)
@@ -460,11 +505,7 @@ def main(argv=None) -> None:
 
     print()
     print(table(results, probe))
-    out = (
-        Path(args.out)
-        if args.out
-        else RESULTS / ("step_time_quick.json" if args.quick else "step_time.json")
-    )
+    out = Path(args.out) if args.out else default_out(args)
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "conditions": info,

@@ -6,10 +6,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ._formats import as_format
-from ._moments import InfNormMoments
+from ._formats import as_format, init_moment, read_moment, write_moment
+from ._moments import InfNormMoments, as_arrays
 from ._types import Moments, PyTree, is_moments, map_moments
-from ._validation import check_float_leaves, flatten_like_updates, require_moment_tree
+from ._validation import check_float_leaves, require_moment_tree
 
 
 class RunningMaxNuState(NamedTuple):
@@ -51,31 +51,33 @@ def running_max_nu(nu_dtype: Any = None) -> optax.GradientTransformationExtraArg
     References:
       Reddi, Kale & Kumar, "On the Convergence of Adam and Beyond", arXiv:1904.09237.
     """
-    nu_format = as_format("nu_dtype", nu_dtype)
+    nu_format = as_format(nu_dtype, "nu_max")
     stage = "running_max_nu"
 
     def init_fn(params):
+        params = as_arrays(params)
         check_float_leaves(stage, "parameter", params)
-        return RunningMaxNuState(nu_max=jax.tree.map(nu_format.init, params))
+        return RunningMaxNuState(nu_max=init_moment(stage, nu_format, "nu_max", params))
 
-    def update_leaf(m: Moments, stored):
+    def update_leaf(m: Moments, stored, key):
         if isinstance(m, InfNormMoments):
             raise TypeError(
                 f"{stage}: the second moment is AdaMax's infinity norm "
                 "(scale_by_moments(infinity_norm=True)), which is already a running maximum; "
                 "AMSGrad has nothing to add. Drop running_max_nu (or amsgrad) from this chain."
             )
-        nu_max = jnp.maximum(nu_format.decode(stored), m.nu)
-        return m._replace(nu=nu_max), nu_format.encode(nu_max, stored)
+        nu_max = jnp.maximum(nu_format.decode(stored, m.grad), m.nu)
+        return m._replace(nu=nu_max), nu_format.encode(nu_max, stored, key)
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
         require_moment_tree(stage, updates)
         leaves, treedef = jax.tree.flatten(updates, is_leaf=is_moments)
         grads = map_moments(lambda m: m.grad, updates)
-        stored = flatten_like_updates(stage, grads, state.nu_max, "state")
-        rows = [update_leaf(m, s) for m, s in zip(leaves, stored, strict=True)]
-        moments, nu_max = (treedef.unflatten([row[i] for row in rows]) for i in range(2))
+        stored, keys, next_key = read_moment(stage, nu_format, "nu_max", grads, state.nu_max)
+        rows = [update_leaf(m, s, k) for m, s, k in zip(leaves, stored, keys, strict=True)]
+        moments = treedef.unflatten([row[0] for row in rows])
+        nu_max = write_moment(nu_format, treedef, [row[1] for row in rows], next_key, state.nu_max)
         return moments, RunningMaxNuState(nu_max=nu_max)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -6,14 +6,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ._formats import as_format
+from ._formats import as_format, init_moment, read_moment, write_moment
 from ._types import Moments, PyTree
 from ._validation import (
     check_beta,
     check_float_leaves,
     check_non_negative,
     check_same_shape,
-    flatten_like_updates,
     is_concrete_number,
     require_update_tree,
 )
@@ -106,36 +105,62 @@ def scale_by_moments(
             "infinity_norm=True. For Adam's eps, use scale_by_rsqrt(eps=...)."
         )
     record = InfNormMoments if infinity_norm else Moments
-    mu_format = as_format("mu_dtype", mu_dtype)
-    nu_format = as_format("nu_dtype", nu_dtype)
+    mu_format = as_format(mu_dtype, "mu")
+    nu_format = as_format(nu_dtype, "nu")
+    stage = "scale_by_moments"
 
     def init_fn(params):
-        check_float_leaves("scale_by_moments", "parameter", params)
+        params = as_arrays(params)
+        check_float_leaves(stage, "parameter", params)
         return ScaleByMomentsState(
-            mu=jax.tree.map(mu_format.init, params),
-            nu=jax.tree.map(nu_format.init, params),
+            mu=init_moment(stage, mu_format, "mu", params),
+            nu=init_moment(stage, nu_format, "nu", params),
         )
 
-    def update_leaf(path, g, mu_stored, nu_stored):
-        m, v = mu_format.decode(mu_stored), nu_format.decode(nu_stored)
-        check_same_shape("scale_by_moments", path, g, m, "gradient")
-        mu = (1 - b1) * g + b1 * m
+    def update_leaf(path, g, mu_stored, nu_stored, mu_key, nu_key):
+        m, v = mu_format.decode(mu_stored, g), nu_format.decode(nu_stored, g)
+        check_same_shape(stage, path, g, m, "gradient")
+        check_same_shape(stage, path, g, v, "gradient")
+        mu = (1 - b1) * _widened(g, m) + b1 * m
         if infinity_norm:
             nu = jnp.maximum(jnp.abs(g) + eps_inf, b2 * v)
         else:
-            nu = (1 - b2) * abs_sq(g) + b2 * v
-        return record(mu, nu, g), mu_format.encode(mu, mu_stored), nu_format.encode(nu, nu_stored)
+            nu = (1 - b2) * abs_sq(g.astype(jnp.promote_types(g.dtype, v.dtype))) + b2 * v
+        mu_new = mu_format.encode(mu, mu_stored, mu_key)
+        return record(mu, nu, g), mu_new, nu_format.encode(nu, nu_stored, nu_key)
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
-        require_update_tree("scale_by_moments", updates)
-        check_float_leaves("scale_by_moments", "gradient", updates)
+        require_update_tree(stage, updates)
+        updates = as_arrays(updates)
+        check_float_leaves(stage, "gradient", updates)
         paths_and_grads, treedef = jax.tree_util.tree_flatten_with_path(updates)
-        mus = flatten_like_updates("scale_by_moments", updates, state.mu, "state")
-        nus = flatten_like_updates("scale_by_moments", updates, state.nu, "state")
-        leaves = zip(paths_and_grads, mus, nus, strict=True)
-        rows = [update_leaf(path, g, m, v) for (path, g), m, v in leaves]
-        moments, mu, nu = (treedef.unflatten([row[i] for row in rows]) for i in range(3))
+        mus, mu_keys, mu_next = read_moment(stage, mu_format, "mu", updates, state.mu)
+        nus, nu_keys, nu_next = read_moment(stage, nu_format, "nu", updates, state.nu)
+        leaves = zip(paths_and_grads, mus, nus, mu_keys, nu_keys, strict=True)
+        rows = [update_leaf(path, g, *rest) for (path, g), *rest in leaves]
+        moments = treedef.unflatten([row[0] for row in rows])
+        mu = write_moment(mu_format, treedef, [row[1] for row in rows], mu_next, state.mu)
+        nu = write_moment(nu_format, treedef, [row[2] for row in rows], nu_next, state.nu)
         return moments, ScaleByMomentsState(mu=mu, nu=nu)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def as_arrays(tree: PyTree) -> PyTree:
+    """``tree`` with Python numbers as JAX arrays (optax accepts ``{"a": 1.0}`` params)."""
+    return jax.tree.map(lambda x: x if hasattr(x, "dtype") else jnp.asarray(x), tree)
+
+
+def _widened(g: jax.Array, m: jax.Array) -> jax.Array:
+    """g, cast to the dtype of (1-b1)·g + b1·m when g's exponent range is narrower.
+
+    optax forms (1-b1)·g in g's dtype; for bfloat16 g (float32's exponent range)
+    that only rounds, and adamx keeps it for bit parity with
+    ``optax.adam(mu_dtype=jnp.float32)``. A float16 g would underflow there
+    (0.1·g for |g| < 6e-7), so it is widened first.
+    """
+    wide = jnp.promote_types(g.dtype, m.dtype)
+    if jnp.iscomplexobj(g) or jnp.finfo(g.dtype).minexp <= jnp.finfo(wide).minexp:
+        return g
+    return g.astype(wide)

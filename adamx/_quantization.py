@@ -8,8 +8,9 @@ code of a map value q near ``x_i / s``:
 .. math::
     \tilde x_i = q_{c_i} \, s
 
-Maps (255 finite values in [-1, 1] or [0, 1], sorted by code; code 255 is NaN;
-signed maps have 0 at code 127, unsigned ones at code 0):
+Maps (values in [-1, 1] or [0, 1], sorted by code; code 255 is NaN; signed maps
+have 0 at code 127 and 255 finite values, unsigned ones 0 at code 0, 254 finite
+values and +inf at code 254):
 
 - float maps ``"eEmM"`` (E + M = 7 signed, 8 unsigned): the positive values are
   the float32 numbers with M fraction bits, (1 + f/2^M) 2^-e, the largest 1.0:
@@ -22,13 +23,17 @@ signed maps have 0 at code 127, unsigned ones at code 0):
   an exact exponent subtraction. Relative error at most 2^-(M+1) from q_min up.
 - ``"dynamic"``: dynamic tree quantization (Dettmers et al. 2021): an exponent
   10^-e, e = 0..6, and a linear fraction in (0.1, 1] whose resolution halves at
-  each smaller exponent. Scale: the block's absmax. Relative error about 0.4%
-  near the block maximum, and values down to 1e-7 of it stay non-zero.
-- ``"linear"``: evenly spaced values (k/127 signed, k/254 unsigned), absmax scale.
+  each smaller exponent. Scale: the block's absmax (divided by the largest
+  finite value, 1 - 0.9/128, when unsigned). Relative error about 0.4% near the
+  block maximum, and values down to 1e-7 of it stay non-zero.
+- ``"linear"``: evenly spaced values (k/127 signed, k/254 unsigned, the top
+  unsigned one 253/254), absmax scale (divided by the largest value).
 
-Non-finite values: the block scale is taken over finite values only, and a NaN
-or ±inf element gets the NaN code, so it decodes as NaN on its own (as the fp32
-moment would poison that element) and the rest of its block is unaffected.
+Non-finite values: the block scale is taken over finite values only. A NaN
+element gets the NaN code, and so does ±inf on a signed map: it decodes as NaN
+on its own (as the fp32 moment would poison that element). +inf on an unsigned
+map (v = g² overflowed) keeps the +inf code, so Adam's step there is m/inf = 0,
+as in float32. The rest of the block is unaffected.
 ``zero_point=False`` (used for Adam's second moment) never rounds a positive
 value to 0: a zero v would turn m/(sqrt(v)+eps) into m/eps, a huge step.
 
@@ -41,7 +46,7 @@ References:
 
 import dataclasses
 import functools
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -50,32 +55,42 @@ import numpy as np
 from ._random_bits import random_bits
 
 NAN_CODE = 255
+INF_CODE = 254  # unsigned maps only: +inf (an overflowed g² in v)
 _LEVELS = 7  # exponents 10^0 .. 10^-6 of the dynamic map
 
 
 @functools.partial(
     jax.tree_util.register_dataclass,
-    data_fields=["codes", "scale", "key"],
-    meta_fields=["shape"],
+    data_fields=["codes", "scales", "key", "config"],
+    meta_fields=[],
 )
 @dataclasses.dataclass(frozen=True)
-class QuantizedArray:
-    """An array stored as 8-bit codes and one float32 scale per block.
+class QuantizedMoment:
+    """A moment stored by ``blockwise_8bit``: parameter-shaped trees of codes and scales.
+
+    Each tree has one entry per parameter leaf (so hosts that wrap each state
+    leaf at a parameter position, such as ``flax.nnx``, see plain arrays); the
+    original shape of a leaf is its gradient's.
 
     Attributes:
-      codes: uint8, shape ``(*lead, n_blocks, block)``: indices into the map.
-      scale: float32, shape ``(*lead, n_blocks)``: each block's max |x|
-        (dynamic and linear maps) or the power of two just above it (float maps).
-      shape: the original shape (static; the last axis is zero-padded to
-        ``n_blocks * block`` when it is not a multiple of the block).
-      key: uint32 raw PRNG key data of stochastic rounding, split at every
-        encode; None when rounding to nearest.
+      codes: per leaf, uint8 ``(*lead, n_blocks, block)``: indices into the map;
+        or the float32 moment itself for a leaf below ``min_size``.
+      scales: per leaf, float32 ``(*lead, n_blocks)``: each block's max |x|
+        (dynamic and linear maps) or the power of two just above it (float maps);
+        None for a float32 leaf.
+      key: uint32[2] raw PRNG key data of stochastic rounding, split at every
+        update (each leaf folds in its index); None when rounding to nearest.
+      config: ``{description: uint8[1]}``: the format's configuration as a static
+        key, part of the tree structure and of checkpoint paths.
     """
 
-    codes: jax.Array
-    scale: jax.Array
-    shape: tuple
-    key: jax.Array | None = None
+    codes: Any
+    scales: Any
+    key: Any
+    config: Any
+
+
+QuantizedArray = QuantizedMoment  # the name before the transposed layout
 
 
 class QuantMap(NamedTuple):
@@ -85,8 +100,19 @@ class QuantMap(NamedTuple):
     signed: bool
 
     def values(self) -> np.ndarray:
-        """The 256 map values, ascending, with NaN at code 255 (for inspection and tests)."""
+        """The 256 map values, ascending, with NaN at code 255 and, unsigned, +inf at 254."""
         return np.asarray(self.value(jnp.arange(256)))
+
+    @property
+    def finite_codes(self) -> int:
+        """How many codes hold finite values (0 .. finite_codes - 1)."""
+        return NAN_CODE if self.signed else INF_CODE
+
+    def top_value(self) -> np.float32:
+        """The largest finite map value: 1.0, or just below it for the unsigned dynamic and
+        linear maps, whose code 254 holds +inf (their absmax scale is divided by it)."""
+        with jax.ensure_compile_time_eval():  # a constant, also while tracing
+            return np.float32(np.asarray(self.value(jnp.asarray(self.finite_codes - 1))))
 
     def index(self, y: jax.Array, *, zero_point: bool = True) -> jax.Array:
         """The code of the map value nearest each ``y`` in [-1, 1] (float32 in, int32 out)."""
@@ -113,6 +139,8 @@ def _index(qmap: QuantMap, y: jax.Array, zero_point: bool) -> jax.Array:
         k = _float_index(a, qmap.signed, qmap.mantissa_bits)
     if not zero_point:  # never round a positive value to 0
         k = jnp.where(a > 0, jnp.maximum(k, 0), k)
+    if not qmap.signed:  # code 254 is +inf
+        k = jnp.minimum(k, INF_CODE - 2)
     zero = 127 if qmap.signed else 0
     return jnp.where(y < 0, zero - 1 - k, zero + 1 + k)
 
@@ -130,6 +158,8 @@ def _value(qmap: QuantMap, codes: jax.Array) -> jax.Array:
         magnitude = _float_value(k, qmap.signed, qmap.mantissa_bits)
     magnitude = jnp.where(k < 0, 0.0, magnitude)
     signed = jnp.where(c < zero, -magnitude, magnitude) if qmap.signed else magnitude
+    if not qmap.signed:
+        signed = jnp.where(c == INF_CODE, jnp.inf, signed)
     return jnp.where(c == NAN_CODE, jnp.nan, signed)
 
 
@@ -137,7 +167,7 @@ def float_map_constants(signed: bool, mantissa_bits: int) -> tuple[int, int, int
     """``(top, offset, shift)`` of the float map: the positive value with index k is
     the float32 whose bit pattern is ``(k + 1 + offset) << shift``, and the top index
     ``top - 1`` is 1.0."""
-    top = 127 if signed else 254  # positive values (codes 0 and 255 are 0 and NaN)
+    top = 127 if signed else 253  # positive values (codes 0, 254, 255: 0, +inf, NaN)
     shift = 23 - mantissa_bits
     return top, (127 << mantissa_bits) - top, shift
 
@@ -269,10 +299,17 @@ def quantize(
     if noise_key is not None:
         raise ValueError(f"stochastic rounding needs a float map, got qmap={qmap.kind!r}.")
     finite = jnp.isfinite(blocks)
-    scale = jnp.max(jnp.where(finite, jnp.abs(blocks), 0.0), axis=-1)
+    scale = jnp.max(jnp.where(finite, jnp.abs(blocks), 0.0), axis=-1) / qmap.top_value()
     y = blocks / jnp.where(scale > 0, scale, 1.0)[..., None]
-    codes = jnp.where(finite, qmap.index(y, zero_point=zero_point), NAN_CODE)
+    codes = jnp.where(finite, qmap.index(y, zero_point=zero_point), _non_finite_code(qmap, blocks))
     return codes.astype(jnp.uint8), scale
+
+
+def _non_finite_code(qmap: QuantMap, x: jax.Array) -> jax.Array:
+    """NaN's code, or +inf's for +inf on an unsigned map (v = inf gives Adam's step 0)."""
+    if qmap.signed:
+        return jnp.asarray(NAN_CODE)
+    return jnp.where(x == jnp.inf, INF_CODE, NAN_CODE)
 
 
 def _quantize_float(blocks, qmap: QuantMap, zero_point: bool, noise_key=None):
@@ -300,7 +337,7 @@ def _quantize_float(blocks, qmap: QuantMap, zero_point: bool, noise_key=None):
         k = jnp.where(mag > 0, jnp.maximum(k, 0), k)
     zero = 127 if qmap.signed else 0
     codes = jnp.where(bits < 0, zero - 1 - k, zero + 1 + k) if qmap.signed else 1 + k
-    codes = jnp.where(finite, codes, NAN_CODE)
+    codes = jnp.where(finite, codes, _non_finite_code(qmap, blocks))
     scale = jax.lax.bitcast_convert_type((scale_exp + 1) << 23, jnp.float32)
     return codes.astype(jnp.uint8), scale
 

@@ -12,20 +12,20 @@ import numpy as np
 import pytest
 
 import adamx
-from adamx._quantization import NAN_CODE, QuantMap, dequantize, quantize, resolve_qmap
+from adamx._quantization import INF_CODE, NAN_CODE, QuantMap, dequantize, quantize, resolve_qmap
 
 MAPS = [("dynamic", True), ("dynamic", False), ("linear", True), ("linear", False)]
 FLOAT_MAPS = [("e4m3", True), ("e3m4", True), ("e4m4", False), ("e5m3", False)]
 
 
 def _float_grid(signed: bool, mantissa_bits: int) -> np.ndarray:
-    """The positive values of a float map: the largest 127 (signed) or 254 (unsigned)
-    numbers (1 + f/2^M) 2^-e that are <= 1, enumerated in float64."""
+    """The positive values of a float map: the largest 127 (signed) or 253 (unsigned: code
+    254 is +inf) numbers (1 + f/2^M) 2^-e that are <= 1, enumerated in float64."""
     grid = {
         (1 + f / 2**mantissa_bits) * 2.0**-e for e in range(1, 40) for f in range(2**mantissa_bits)
     }
     grid = sorted(grid | {1.0})
-    return np.array(grid[-(127 if signed else 254) :])
+    return np.array(grid[-(127 if signed else 253) :])
 
 
 def _nearest_error(table: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -39,9 +39,14 @@ def test_map_is_sorted_with_endpoints_and_a_nan_code(kind, signed):
     table = QuantMap(kind, signed).values()
     assert table.shape == (256,) and table.dtype == np.float32
     assert np.isnan(table[NAN_CODE])
-    finite = table[:NAN_CODE]
+    finite = table[:NAN_CODE] if signed else table[:INF_CODE]
+    if not signed:  # v = g² can overflow: +inf has its own code
+        assert table[INF_CODE] == np.inf
     assert np.all(np.diff(finite) > 0)
-    assert finite[-1] == 1.0 and 0.0 in finite
+    # The largest finite value: 1.0, except on the unsigned dynamic/linear maps, which give
+    # their top code to +inf (their block scale is the absmax divided by this value).
+    top = {("dynamic", False): 1 - 0.9 / 128, ("linear", False): 253 / 254}.get((kind, signed), 1)
+    assert finite[-1] == np.float32(top) and 0.0 in finite
     assert finite[0] == (-1.0 if signed else 0.0)
 
 
@@ -54,7 +59,8 @@ def test_dynamic_map_matches_the_paper_construction():
             for e in range(7)
             for j in range(1, (top >> e) + 1)
         )
-        positive = QuantMap("dynamic", signed).values()[:NAN_CODE]
+        positive = QuantMap("dynamic", signed).values()[: NAN_CODE if signed else INF_CODE]
+        expected = expected if signed else expected[:-1]  # unsigned: the top code is +inf
         np.testing.assert_allclose(positive[positive > 0], expected, rtol=1e-6)
     smallest = QuantMap("dynamic", False).values()[1]
     assert 1e-7 < smallest < 1e-6  # the second moment keeps 7 decades below its block max
@@ -66,11 +72,12 @@ def test_float_map_is_the_float_grid(kind, signed):
     mantissa_bits = int(kind[-1])
     table = QuantMap(kind, signed).values().astype(np.float64)
     zero = 127 if signed else 0
-    np.testing.assert_array_equal(table[zero + 1 : NAN_CODE], _float_grid(signed, mantissa_bits))
+    top = NAN_CODE if signed else INF_CODE
+    np.testing.assert_array_equal(table[zero + 1 : top], _float_grid(signed, mantissa_bits))
     assert table[zero] == 0.0
     if signed:  # symmetric: code 127 - k is minus code 127 + k
         np.testing.assert_array_equal(table[:127], -table[128:NAN_CODE][::-1])
-    assert adamx.blockwise_8bit(signed).init(jnp.zeros(4096)).codes.dtype == jnp.uint8
+    assert adamx.blockwise_8bit(signed).init(jnp.zeros(4096))[0].dtype == jnp.uint8
     assert adamx.blockwise_8bit(signed)._map() == QuantMap("e4m3" if signed else "e4m4", signed)
 
 
@@ -107,15 +114,17 @@ def test_round_trip_error_is_bounded_per_block(signed):
     codes, scale = quantize(jnp.asarray(x.reshape(3, 2048)), qmap, 256)
     back = np.asarray(dequantize(codes, scale, qmap, (3, 2048))).reshape(3, 8, 256)
     absmax = np.abs(x).max(axis=-1, keepdims=True)
-    np.testing.assert_allclose(np.asarray(scale), absmax[..., 0], rtol=0)
-    bound = _nearest_error(qmap.values(), (x / absmax).ravel()).reshape(x.shape) * absmax
-    f32_rounding = 4 * np.finfo(np.float32).eps * absmax  # of x / s and of q * s
+    top = 1.0 if signed else np.float32(1 - 0.9 / 128)  # unsigned: code 254 is +inf
+    np.testing.assert_allclose(np.asarray(scale), absmax[..., 0] / top, rtol=2e-7)  # one rounding
+    s = absmax / top
+    bound = _nearest_error(qmap.values(), (x / s).ravel()).reshape(x.shape) * s
+    f32_rounding = 4 * np.finfo(np.float32).eps * s  # of x / s and of q * s
     np.testing.assert_array_less(np.abs(back - x), bound + f32_rounding)
     # Within a decade of the block max the map is linear with 64 (signed) or 128 (unsigned)
     # steps over [0.1, 1]: the error is at most half a step, 0.45/64 or 0.45/128 of the max.
     big = np.abs(x) >= absmax / 10
     half_step = 0.45 / (64 if signed else 128)
-    err = (np.abs(back - x) / absmax)[big]
+    err = (np.abs(back - x) / s)[big]
     assert err.max() <= half_step * (1 + 1e-4) and err.max() > half_step / 2
 
 
@@ -157,10 +166,12 @@ def test_block_max_round_trips_exactly_and_zero_blocks_stay_zero():
     np.testing.assert_array_equal(back[1], 0.0)
 
 
-def _scale_reference(kind, absmax):
-    """Block scale: absmax (dynamic, linear) or the power of two above it (float maps)."""
+def _scale_reference(kind, absmax, signed=True):
+    """Block scale: absmax (dynamic, linear; unsigned: over the largest finite value, whose
+    top code is +inf) or the power of two above it (float maps)."""
     if kind in ("dynamic", "linear"):
-        return absmax
+        top = {"dynamic": 1 - 0.9 / 128, "linear": 253 / 254}[kind]
+        return absmax if signed else absmax / np.float32(top)
     return np.ldexp(1.0, np.frexp(absmax)[1])
 
 
@@ -207,7 +218,7 @@ def test_positive_second_moment_never_rounds_to_zero(kind):
     qmap = QuantMap(kind, False)
     codes, scale = quantize(jnp.asarray(v), qmap, 256, zero_point=False)
     back = np.asarray(dequantize(codes, scale, qmap, v.shape))
-    smallest = qmap.values()[1] * _scale_reference(kind, 1.0)
+    smallest = qmap.values()[1] * _scale_reference(kind, 1.0, signed=False)
     assert back[7] == np.float32(smallest) and back[7] > 0
     codes, scale = quantize(jnp.asarray(v), qmap, 256)  # plain nearest rounding
     assert np.asarray(dequantize(codes, scale, qmap, v.shape))[7] == 0.0
@@ -223,11 +234,11 @@ def test_positive_second_moment_never_rounds_to_zero(kind):
 )
 def test_blocks_run_along_the_last_axis(shape, codes_shape, scale_shape):
     fmt = adamx.blockwise_8bit(signed=True, min_size=0)
-    stored = fmt.init(jnp.zeros(shape))
-    assert stored.codes.shape == codes_shape and stored.codes.dtype == jnp.uint8
-    assert stored.scale.shape == scale_shape and stored.scale.dtype == jnp.float32
+    codes, scales = stored = fmt.init(jnp.zeros(shape))
+    assert codes.shape == codes_shape and codes.dtype == jnp.uint8
+    assert scales.shape == scale_shape and scales.dtype == jnp.float32
     x = jax.random.normal(jax.random.key(0), shape)
-    back = fmt.decode(fmt.encode(x, stored))
+    back = fmt.decode(fmt.encode(x, stored), x)
     assert back.shape == shape and back.dtype == jnp.float32
     np.testing.assert_allclose(back, x, rtol=1 / 16, atol=1e-4)  # E4M3: half a step, 2^-4
 
@@ -235,24 +246,25 @@ def test_blocks_run_along_the_last_axis(shape, codes_shape, scale_shape):
 def test_small_and_scalar_parameters_stay_float32():
     fmt = adamx.blockwise_8bit(signed=False)  # min_size=4096
     for param in (jnp.zeros((63, 65), jnp.bfloat16), jnp.zeros(()), jnp.zeros((4095,))):
-        stored = fmt.init(param)
-        assert isinstance(stored, jax.Array)
+        stored, scales = fmt.init(param)
+        assert scales is None and isinstance(stored, jax.Array)
         assert stored.shape == param.shape and stored.dtype == jnp.float32
-    assert isinstance(fmt.init(jnp.zeros((64, 64))), adamx.QuantizedArray)
-    assert isinstance(adamx.blockwise_8bit(min_size=10).init(jnp.zeros(10)), adamx.QuantizedArray)
+    assert fmt.init(jnp.zeros((64, 64)))[0].dtype == jnp.uint8
+    assert adamx.blockwise_8bit(True, min_size=10).init(jnp.zeros(10))[0].dtype == jnp.uint8
 
 
 def test_sqrt_companding_stores_the_root():
     fmt = adamx.blockwise_8bit(signed=False, sqrt=True, min_size=0, qmap="dynamic")
     v = (4.0 * 10.0 ** np.linspace(-14, 0, 256)).astype(np.float32)
     stored = fmt.encode(jnp.asarray(v), fmt.init(jnp.asarray(v)))
-    assert float(stored.scale[0]) == pytest.approx(2.0)  # sqrt of the block max
-    # Decoded: the square of the map value nearest sqrt(v)/2 (never 0), times 4.
-    finite = QuantMap("dynamic", False).values()[1:NAN_CODE]
-    root = np.sqrt(v) / 2
+    s = _scale_reference("dynamic", 2.0, signed=False)  # sqrt of the block max, over the top
+    assert float(stored[1][0]) == pytest.approx(s)
+    # Decoded: the square of the map value nearest sqrt(v)/s (never 0), times s².
+    finite = QuantMap("dynamic", False).values()[1:INF_CODE]
+    root = np.sqrt(v) / s
     nearest = finite[np.abs(finite[None, :] - root[:, None]).argmin(axis=1)]
-    np.testing.assert_allclose(fmt.decode(stored), 4 * nearest**2, rtol=1e-5)
-    assert np.all(np.asarray(fmt.decode(stored)) > 0)
+    np.testing.assert_allclose(fmt.decode(stored, v), s**2 * nearest**2, rtol=1e-5)
+    assert np.all(np.asarray(fmt.decode(stored, v)) > 0)
 
 
 def test_state_nbytes_counts_codes_and_scales():
@@ -284,7 +296,7 @@ def test_bad_options_are_rejected():
         adamx.blockwise_8bit(min_size=-1)
     with pytest.raises(ValueError, match=r"sqrt=True .* needs signed=False"):
         adamx.blockwise_8bit(signed=True, sqrt=True)
-    with pytest.raises(TypeError, match=r"signed must be True \(first moment\) or False"):
+    with pytest.raises(TypeError, match=r"signed must be None .*, True \(first moment\) or False"):
         adamx.blockwise_8bit(signed="v")
     with pytest.raises(TypeError, match=r"blockwise_8bit stores real moments.*complex64"):
-        adamx.blockwise_8bit(min_size=0).init(jnp.zeros(8, jnp.complex64))
+        adamx.blockwise_8bit(min_size=0).bind("mu").init(jnp.zeros(8, jnp.complex64))

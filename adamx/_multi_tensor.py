@@ -22,6 +22,7 @@ bias-corrected chains (chains without bias correction stay bit-identical).
 import dataclasses
 import functools
 import math
+import sys
 from typing import Any, NamedTuple
 
 import jax
@@ -207,35 +208,73 @@ def _check_not_sharded(who: str, what: str, paths: list, leaves: list, layout: _
 
 
 def _sharding(leaf: Any) -> Any:
-    try:
-        return leaf.sharding  # concrete arrays
-    except Exception:
-        aval_sharding = getattr(jax.typeof(leaf), "sharding", None)
-        spec = getattr(aval_sharding, "spec", None)
-        return aval_sharding if spec is not None and any(s is not None for s in spec) else None
+    """The leaf's sharding, or None for host values (NumPy arrays, Python numbers).
+
+    A concrete array carries its own; a tracer's is in its type (``jax.typeof``), whose
+    spec names the mesh axes of an Explicit mesh (all None under Auto axes, where only
+    the compiler decides); an abstract ``jax.ShapeDtypeStruct`` may carry one.
+    """
+    if isinstance(leaf, jax.core.Tracer):
+        return jax.typeof(leaf).sharding
+    if isinstance(leaf, (jax.Array, jax.ShapeDtypeStruct)):
+        return leaf.sharding
+    return None
 
 
 def _is_split(sharding: Any) -> bool:
-    try:
-        return len(sharding.device_set) > 1 and not sharding.is_fully_replicated
-    except Exception:
-        return True
+    """Whether ``sharding`` puts different parts of the leaf on different devices.
+
+    ``NamedSharding`` (concrete or abstract mesh): some dimension is split over mesh
+    axes whose sizes multiply to more than 1. Any other ``jax.sharding.Sharding``
+    (single device, GSPMD, positional): more than one device and not fully replicated.
+    """
+    if isinstance(sharding, jax.sharding.NamedSharding):
+        sizes = dict(sharding.mesh.shape)
+        return any(_split_factor(entry, sizes) > 1 for entry in sharding.spec)
+    return len(sharding.device_set) > 1 and not sharding.is_fully_replicated
 
 
-def _check_no_mask(state: PyTree) -> None:
-    masked = [
-        s
-        for s in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, optax.MaskedState))
-        if isinstance(s, optax.MaskedState)
-    ]
-    if masked:
+def _split_factor(entry: Any, sizes: dict) -> int:
+    """Into how many parts a ``PartitionSpec`` entry splits its dimension.
+
+    None: not split. UNCONSTRAINED (the compiler may choose, as for any leaf under Auto
+    axes): not known to be split.
+    """
+    if entry is None or entry is jax.sharding.PartitionSpec.UNCONSTRAINED:
+        return 1
+    axes = entry if isinstance(entry, tuple) else (entry,)
+    return math.prod(sizes[axis] for axis in axes)
+
+
+def _check_no_optax_mask(state: PyTree) -> None:
+    """Refuse a user's ``optax.masked``/``multi_transform`` inside the wrapper: it sees buckets."""
+    is_masked = lambda x: isinstance(x, optax.MaskedState)  # noqa: E731
+    if any(is_masked(s) for s in jax.tree.leaves(state, is_leaf=is_masked)):
         raise ValueError(
-            f"{_STAGE}: the wrapped chain contains a mask (optax.masked, or adamw(mask=...)). "
-            "Inside multi_tensor a mask would be evaluated on the packed buckets, not on your "
-            "parameters, and would decay the wrong leaves. Put the mask outside instead: "
-            "optax.multi_transform({'decay': adamx.multi_tensor(adamx.adamw(lr)), 'no_decay': "
-            "adamx.multi_tensor(adamx.adam(lr))}, labels)."
+            f"{_STAGE}: the wrapped chain contains optax.masked (or optax.multi_transform). "
+            "Inside multi_tensor its mask or labels would be evaluated on the packed buckets, "
+            "not on your parameters, and would select the wrong leaves. Either give the mask "
+            "to adamx, which resolves it against your parameters' paths "
+            "(multi_tensor(adamx.adamw(lr, mask=adamx.exclude_paths('bias', 'norm'))) or "
+            "add_decoupled_weight_decay(..., mask=...)), or put the optax wrapper outside: "
+            "optax.multi_transform({'a': adamx.multi_tensor(tx_a), 'b': "
+            "adamx.multi_tensor(tx_b)}, labels)."
         )
+
+
+def _without_variables(tree: PyTree) -> PyTree:
+    """``tree`` with flax ``nnx.Variable`` wrappers replaced by their values.
+
+    ``nnx.Optimizer`` calls ``init`` on an ``nnx.State`` of Variables but ``update`` on
+    the bare arrays (``nnx.as_pure``): packing the bare structure at init gives the
+    state the layout (and pytree structure) that ``update`` packs.
+    """
+    nnx = sys.modules.get("flax.nnx")
+    if nnx is None:
+        return tree
+    is_variable = lambda x: isinstance(x, nnx.Variable)  # noqa: E731
+    value = lambda v: v.get_value() if hasattr(v, "get_value") else v.value  # noqa: E731
+    return jax.tree.map(lambda x: value(x) if is_variable(x) else x, tree, is_leaf=is_variable)
 
 
 def multi_tensor(
@@ -260,9 +299,16 @@ def multi_tensor(
     The state is ``tx``'s state on the packed tree: a pytree of arrays, so it
     checkpoints like any other, and it stays packed between steps.
 
-    Not elementwise, so keep them outside the wrapper: masks (``adamw(mask=...)``
-    is refused; use ``optax.multi_transform`` over two wrapped chains) and
-    global-norm clipping (chain ``optax.clip_by_global_norm`` before it).
+    Masks given to adamx's stages (``adamw(mask=...)``, ``exclude_paths``, a
+    callable or a bool tree) work inside: they are resolved against the
+    parameters' own paths and applied per element of each bucket. A user's
+    ``optax.masked``/``optax.multi_transform`` would see the buckets instead, so it
+    is refused inside; put it outside the wrapper. Global-norm clipping is not
+    elementwise: chain ``optax.clip_by_global_norm`` before the wrapper.
+
+    Under ``flax.nnx.Optimizer`` (which calls ``init`` on ``nnx.Variable`` wrappers and
+    ``update`` on bare arrays) the Variables are unwrapped at ``init``, so the
+    packed state has the same structure at every step.
 
     Args:
       tx: an elementwise gradient transformation.
@@ -274,7 +320,8 @@ def multi_tensor(
 
     Raises:
       ValueError: at ``init``/``update`` if a leaf that would be packed is sharded
-        over several devices (packing would gather it), or if ``tx`` has a mask.
+        over several devices (packing would gather it), or if ``tx`` contains
+        ``optax.masked``/``optax.multi_transform`` (their masks would see buckets).
 
     Example:
       >>> import adamx, jax.numpy as jnp
@@ -287,9 +334,10 @@ def multi_tensor(
     _check_min_size(min_size, _STAGE)
 
     def init_fn(params):
+        params = _without_variables(params)
         _, leaves, treedef, layout = _flatten_for_packing(_STAGE, "parameter", params, min_size)
         state = tx.init(_pack(leaves, treedef, layout))
-        _check_no_mask(state)
+        _check_no_optax_mask(state)
         return MultiTensorState(inner=state)
 
     def update_fn(updates, state, params=None, **extra_args):

@@ -1,15 +1,19 @@
 """``add_decoupled_weight_decay``: AdamW's λ·θ, added after the adaptive scaling."""
 
+import functools
+import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import optax
 
+from ._masks import check_not_masked_packed, contains_packed, resolve_mask
 from ._rates import current_rate, init_rate_state
 from ._types import PyTree
 from ._validation import (
-    check_mask,
     check_scalar_or_schedule,
     flatten_like_updates,
     is_concrete_number,
@@ -90,38 +94,71 @@ def relative_to_peak(weight_decay: Any, peak_learning_rate: Any) -> Any:
     return weight_decay / peak_learning_rate
 
 
+class PackedMaskedState(NamedTuple):
+    """State of a masked weight-decay stage on params holding a ``PackedTree``.
+
+    On a plain tree the stage keeps ``optax.MaskedState`` (the state of ``optax.adamw(mask=...)``);
+    on packed params the mask is resolved per element of each bucket, not by ``optax.masked``,
+    and this distinct type lets ``multi_tensor`` tell it from a user's ``optax.masked``.
+    """
+
+    inner_state: Any  # the rate's state: EmptyState, or ScheduleState for a schedule
+
+
 def add_weight_decay_stage(stage: str, weight_decay: Any, mask: Mask | None):
-    """u + λ_t θ on every unmasked leaf; ``stage`` names it in error messages."""
+    r"""u + λ_t θ on every unmasked element; ``stage`` names it in error messages.
+
+    .. math::
+        u_i \leftarrow u_i + [\text{mask}_i] \, \lambda_t \, \theta_i
+
+    The mask is resolved against the params' paths, those of the original tree when
+    the params are packed (``_masks.resolve_mask``): inside a bucket it is a static
+    per-element constant, so the decayed elements get exactly the per-leaf ``u + λθ``.
+    """
 
     def init_fn(params):
-        del params
-        return init_rate_state(weight_decay)
+        rate_state = init_rate_state(weight_decay)
+        if mask is None:
+            return rate_state
+        if isinstance(params, _PLACEHOLDER):  # optax.tree_map_params probes the state's shape
+            return optax.MaskedState(inner_state=rate_state)
+        resolve_mask(stage, mask, params)  # refuse a mask that does not fit, at init
+        packed = contains_packed(params)
+        return (PackedMaskedState if packed else optax.MaskedState)(inner_state=rate_state)
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
         require_params(stage, params)
         require_update_tree(stage, updates)
-        decay, state = current_rate(weight_decay, state)
+        check_not_masked_packed(stage, updates)
+        rate_state = state if mask is None else state.inner_state
+        decay, rate_state = current_rate(weight_decay, rate_state)
+        state = rate_state if mask is None else type(state)(inner_state=rate_state)
         if isinstance(decay, (int, float)) and decay == 0:
             return updates, state  # exactly u, even where θ is inf or nan
         leaves, treedef = jax.tree.flatten(updates)
         thetas = flatten_like_updates(stage, updates, params, "params")
+        flags = (
+            [True] * len(leaves)
+            if mask is None
+            else treedef.flatten_up_to(resolve_mask(stage, mask, updates))
+        )
+        decayed = map(functools.partial(_decay_leaf, decay=decay), leaves, thetas, flags)
+        return treedef.unflatten(list(decayed)), state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _decay_leaf(u: jax.Array, theta: jax.Array, flag: Any, decay: Any) -> jax.Array:
+    """u + λ·θ where ``flag`` (a bool, or a static bool array over a bucket) says so."""
+    if not isinstance(flag, np.ndarray) or flag.ndim == 0:
+        if not flag:
+            return u
         # A scheduled λ_t is float32: u + λ_t·θ is formed in float32 and rounded once.
-        decay_leaf = lambda u, p: (u + decay * p).astype(u.dtype)  # noqa: E731
-        return treedef.unflatten(list(map(decay_leaf, leaves, thetas))), state
-
-    tx = optax.GradientTransformationExtraArgs(init_fn, update_fn)
-    if mask is None:
-        return tx
-    return optax.masked(tx, _checked(stage, mask))
+        return (u + decay * theta).astype(u.dtype)
+    return jnp.where(flag, (u + decay * theta).astype(u.dtype), u)
 
 
-def _checked(stage: str, mask: Mask) -> Callable[[PyTree], PyTree]:
-    """``mask`` as a callable that validates the mask against the tree it is applied to."""
-
-    def mask_fn(tree):
-        mask_tree = mask(tree) if callable(mask) else mask
-        check_mask(stage, mask_tree, tree)
-        return mask_tree
-
-    return mask_fn
+# optax.tree_map_params calls init with this placeholder instead of params (optax.masked
+# special-cases it the same way); () if a future optax moves it: isinstance(x, ()) is False.
+_PLACEHOLDER = getattr(sys.modules.get(optax.tree_map_params.__module__), "_ParamsPlaceholder", ())

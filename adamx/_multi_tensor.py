@@ -192,19 +192,35 @@ def _check_min_size(min_size: Any, who: str) -> None:
 
 
 def _check_not_sharded(who: str, what: str, paths: list, leaves: list, layout: _Layout) -> None:
-    """Packing a leaf split over several devices would gather it: refuse, and say what to do."""
+    """A packed leaf must be whole on every device, in a type a flat bucket can carry.
+
+    Split over several devices, packing would gather it; typed with an Explicit mesh
+    axis (even one of size 1), ``jnp.concatenate`` cannot join it with other leaves.
+    """
     for _, indices in layout.buckets:
         for i in indices:
             sharding = _sharding(leaves[i])
-            if sharding is not None and _is_split(sharding):
-                raise ValueError(
-                    f"{who}: the {what} at {jax.tree_util.keystr(tuple(paths[i]))} "
-                    f"(shape {np.shape(leaves[i])}) is sharded over several devices "
-                    f"({sharding}), and packing it into a flat bucket would gather it onto "
-                    "every device. Keep it out of the buckets: lower min_size below its size, "
-                    "replicate small leaves, or apply the wrapped chain to this leaf without "
-                    "multi_tensor (optax.multi_transform with a label per group)."
+            if sharding is None:
+                continue
+            where = f"the {what} at {jax.tree_util.keystr(tuple(paths[i]))}"
+            if _is_split(sharding):
+                problem = (
+                    f"is sharded over several devices ({sharding}), and packing it into a "
+                    "flat bucket would gather it onto every device"
                 )
+            elif _explicit_axes_named(sharding):
+                problem = (
+                    f"has a sharding over Explicit mesh axes in its type ({sharding}), which "
+                    "a flat bucket of several leaves cannot carry"
+                )
+            else:
+                continue
+            raise ValueError(
+                f"{who}: {where} (shape {np.shape(leaves[i])}) {problem}. Keep it out of the "
+                "buckets: lower min_size below its size, replicate small leaves "
+                "(PartitionSpec()), or apply the wrapped chain to this leaf without "
+                "multi_tensor (optax.multi_transform with a label per group)."
+            )
 
 
 def _sharding(leaf: Any) -> Any:
@@ -234,16 +250,33 @@ def _is_split(sharding: Any) -> bool:
     return len(sharding.device_set) > 1 and not sharding.is_fully_replicated
 
 
+def _explicit_axes_named(sharding: Any) -> bool:
+    """Whether a ``NamedSharding``'s spec names an Explicit mesh axis (part of the array type)."""
+    if not isinstance(sharding, jax.sharding.NamedSharding):
+        return False
+    mesh = sharding.mesh
+    explicit = {
+        name
+        for name, kind in zip(mesh.axis_names, mesh.axis_types, strict=True)
+        if kind == jax.sharding.AxisType.Explicit
+    }
+    return any(set(_axes(entry)) & explicit for entry in sharding.spec)
+
+
+def _axes(entry: Any) -> tuple:
+    """The mesh axes of a ``PartitionSpec`` entry (none for None and UNCONSTRAINED)."""
+    if entry is None or entry is jax.sharding.PartitionSpec.UNCONSTRAINED:
+        return ()
+    return entry if isinstance(entry, tuple) else (entry,)
+
+
 def _split_factor(entry: Any, sizes: dict) -> int:
     """Into how many parts a ``PartitionSpec`` entry splits its dimension.
 
     None: not split. UNCONSTRAINED (the compiler may choose, as for any leaf under Auto
     axes): not known to be split.
     """
-    if entry is None or entry is jax.sharding.PartitionSpec.UNCONSTRAINED:
-        return 1
-    axes = entry if isinstance(entry, tuple) else (entry,)
-    return math.prod(sizes[axis] for axis in axes)
+    return math.prod(sizes[axis] for axis in _axes(entry))
 
 
 def _check_no_optax_mask(state: PyTree) -> None:

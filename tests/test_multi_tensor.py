@@ -186,11 +186,30 @@ def test_min_size_is_validated(bad):
         adamx.multi_tensor(adamx.adam(1e-3), min_size=bad)
 
 
-def test_a_mask_inside_the_chain_is_refused_with_the_fix():
-    tx = adamx.multi_tensor(
-        adamx.adamw(1e-3, mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p)), min_size=MIN_SIZE
+@pytest.mark.parametrize(
+    "mask",
+    [
+        lambda p: jax.tree.map(lambda x: x.ndim > 1, p),
+        adamx.exclude_paths("b$", "scale", "emb"),
+        {"w": True, "v": True, "b": False, "scale": False, "empty": True, "block": True,
+         "emb": False},
+    ],
+    ids=["callable", "exclude_paths", "bool_tree"],
+)  # fmt: skip
+def test_an_adamx_mask_inside_the_chain_matches_optax_adamw_with_the_mask(mask):
+    # The mask is resolved against the parameters' paths (see tests/test_paths_masks.py): the
+    # float32 bucket mixes decayed (block.k) and excluded (b, scale) leaves.
+    params = mixed_params(2)
+    packed = adamx.multi_tensor(adamx.adamw(1e-2, weight_decay=0.3, mask=mask), min_size=MIN_SIZE)
+    chex.assert_trees_all_equal(
+        run(packed, params), run(optax.adamw(1e-2, weight_decay=0.3, mask=mask), params)
     )
-    with pytest.raises(ValueError, match=r"contains a mask .* optax.multi_transform"):
+
+
+def test_optax_masked_inside_the_chain_is_refused_with_the_fix():
+    masked = optax.masked(adamx.adamw(1e-3), lambda p: jax.tree.map(lambda x: x.ndim > 1, p))
+    tx = adamx.multi_tensor(masked, min_size=MIN_SIZE)
+    with pytest.raises(ValueError, match=r"contains optax.masked .* optax.multi_transform"):
         tx.init(mixed_params())
 
 
@@ -284,6 +303,74 @@ def test_sharded_small_leaves_are_declined_and_large_ones_keep_their_sharding():
     assert "PACK DECLINED: pack: the leaf at ['b']" in out.stdout, out.stdout
     assert "KEPT: True True" in out.stdout, out.stdout
     assert "EQUAL: True" in out.stdout, out.stdout
+
+
+# Precise sharding semantics: a tracer's sharding is read from its type (jax.typeof), an
+# array's from .sharding; a NamedSharding is split when its spec's mesh axes multiply to > 1.
+EXPLICIT_SCRIPT = textwrap.dedent(
+    """
+    import jax, jax.numpy as jnp, numpy as np, optax, adamx
+    from jax.sharding import NamedSharding, PartitionSpec as P, AxisType
+    tx = adamx.multi_tensor(adamx.adamw(1e-2), min_size=64)
+    ref_tx = optax.adamw(1e-2)
+    explicit = jax.make_mesh((8, 1), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
+    auto = jax.make_mesh((8, 1), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
+    def put(x, mesh, *spec):
+        return jax.device_put(x, NamedSharding(mesh, P(*spec)))
+    with jax.set_mesh(explicit):
+        for name, spec in [("split", ("data",)), ("size-1 axis", ("model",))]:
+            try:
+                jax.jit(tx.init)({"b": put(jnp.ones(8), explicit, *spec)})  # traced: jax.typeof
+                print("NO ERROR", name)
+            except ValueError as e:
+                print(f"TRACED DECLINED {name}:", e)
+        params = {"b": put(jnp.arange(8.0), explicit),
+                  "w": put(jnp.ones((64, 2)), explicit, "data")}
+        state = jax.jit(tx.init)(params)
+        updates, _ = jax.jit(lambda p, s: tx.update(p, s, p))(params, state)
+        ref = jax.jit(lambda p: ref_tx.update(p, ref_tx.init(p), p)[0])(params)
+        print("EXPLICIT REPLICATED EQUAL:", all(np.array_equal(updates[k], ref[k]) for k in params))
+    # Auto axes: a leaf over a size-1 axis is whole on every device, so it is packed.
+    params = {"b": put(jnp.arange(8.0), auto, "model"), "c": put(jnp.ones(4), auto),
+              "w": put(jnp.ones((64, 2)), auto, "data")}
+    state = tx.init(params)
+    print("AUTO PACKED:", state.inner[0].mu.buckets["float32"].shape)
+    updates, _ = jax.jit(lambda p, s: tx.update(p, s, p))(params, state)
+    ref = jax.jit(lambda p: ref_tx.update(p, ref_tx.init(p), p)[0])(params)
+    # Within the bias-correction rounding of the module docstring (2 ulps measured in "b").
+    for k in params:
+        np.testing.assert_array_max_ulp(updates[k], ref[k], maxulp=4)
+    print("AUTO CLOSE: True")
+    try:
+        adamx.pack({"b": put(jnp.ones(8), auto, "data")}, min_size=64)
+    except ValueError as e:
+        print("AUTO SPLIT DECLINED:", e)
+    # Host values (NumPy arrays) have no sharding: packed.
+    print("HOST:", adamx.pack({"a": np.ones(3, np.float32)}, min_size=64).buckets["float32"].shape)
+    """
+)
+
+
+def test_sharding_checks_read_types_and_axis_sizes_not_exceptions():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    out = subprocess.run(
+        [sys.executable, "-c", EXPLICIT_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout
+    assert "TRACED DECLINED split: multi_tensor: the parameter at ['b']" in lines, lines
+    assert "is sharded over several devices" in lines
+    assert "TRACED DECLINED size-1 axis: multi_tensor: the parameter at ['b']" in lines, lines
+    assert "has a sharding over Explicit mesh axes in its type" in lines
+    assert "EXPLICIT REPLICATED EQUAL: True" in lines, lines
+    assert "AUTO PACKED: (12,)" in lines, lines  # b (over a size-1 axis) and c, packed
+    assert "AUTO CLOSE: True" in lines, lines
+    assert "AUTO SPLIT DECLINED: pack: the leaf at ['b']" in lines, lines
+    assert "HOST: (3,)" in lines, lines
 
 
 def test_packed_state_round_trips_through_orbax_and_resumes_bit_identically(tmp_path):

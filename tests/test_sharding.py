@@ -359,7 +359,7 @@ def test_state_shardings_follow_params_and_replicate_the_rest():
     got = adamx.sharding.state_shardings(tx, params)
     assert jax.tree.structure(got) == jax.tree.structure(jax.eval_shape(tx.init, params))
     moments, count = got[0], got[1].count
-    assert moments.mu["w"] is layout and moments.nu["w"] is layout
+    assert moments.mu["w"] == layout and moments.nu["w"] == layout
     assert count.spec == PartitionSpec() and count.mesh == mesh
 
 

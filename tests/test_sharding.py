@@ -363,5 +363,59 @@ def test_state_shardings_follow_params_and_replicate_the_rest():
     assert count.spec == PartitionSpec() and count.mesh == mesh
 
 
+def test_abstract_state_is_a_concrete_restore_target():
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    import adamx
+    import adamx.sharding
+
+    mesh = jax.make_mesh((1,), ("data",))
+    params = {"w": jax.device_put(jnp.ones((4, 3)), NamedSharding(mesh, PartitionSpec("data")))}
+    tx = adamx.adamw(1e-3)
+    got = adamx.sharding.abstract_state(tx, params)
+    want = jax.eval_shape(tx.init, params)
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        assert (g.shape, g.dtype) == (w.shape, w.dtype)
+        assert isinstance(g.sharding, NamedSharding) and g.sharding.mesh == mesh
+
+
+def test_state_shardings_lets_errors_unrelated_to_layout_through():
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    import adamx
+    import adamx.sharding
+
+    mesh = jax.make_mesh((1,), ("data",))
+    layout = NamedSharding(mesh, PartitionSpec("data"))
+    params = {"z": jax.ShapeDtypeStruct((8, 512), jnp.complex64, sharding=layout)}
+    tx = adamx.adam(1e-3, mu_dtype=adamx.blockwise_8bit(min_size=0))
+    with pytest.raises(TypeError, match=r"blockwise_8bit stores real moments"):
+        adamx.sharding.state_shardings(tx, params)
+
+
+def test_zero1_update_without_params_lays_out_the_state_from_the_updates():
+    import chex
+    import jax
+    import jax.numpy as jnp
+
+    import adamx
+    import adamx.sharding
+
+    mesh = jax.make_mesh((1,), ("data",))
+    tx = adamx.sharding.zero1(adamx.adam(1e-2), mesh, axis="data")
+    params = [jnp.ones((8, 4)), jnp.arange(3.0)]
+    grads = [jnp.full((8, 4), 0.5), jnp.array([1.0, -2.0, 3.0])]
+    state = jax.jit(tx.init)(params)
+    with_params = jax.jit(tx.update)(grads, state, params)
+    without = jax.jit(lambda g, s: tx.update(g, s))(grads, state)
+    chex.assert_trees_all_equal(with_params, without)
+    chex.assert_trees_all_equal(with_params, jax.jit(adamx.adam(1e-2).update)(grads, state, params))
+
+
 if __name__ == "__main__":
     _main()

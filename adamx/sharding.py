@@ -280,13 +280,29 @@ def _zero1_fit(tx, leaves, treedef, mesh, axis, n) -> list[PartitionSpec]:
     choice = [0] * len(leaves)
     while True:
         specs = [opts[k] for opts, k in zip(options, choice, strict=True)]
-        split = [i for i, spec in enumerate(specs) if spec != _REPLICATED]
-        fits = functools.partial(_fits, tx, leaves, treedef, mesh, specs)
-        misfits = _misfits(fits, split)
+        misfits = _find_misfits(
+            functools.partial(_fits, tx, leaves, treedef, mesh, specs), leaves, specs
+        )
         if not misfits:
             return specs
         for i in misfits:
             choice[i] += 1
+
+
+def _find_misfits(fits, leaves, specs) -> list[int]:
+    """The split leaves whose layout makes ``tx.init`` fail ([] if the whole layout traces).
+
+    One trial per distinct (shape, dtype, spec) first (a model has few: its layers
+    repeat), split alone with the rest replicated; if no group fails alone, bisection.
+    """
+    split = [i for i, spec in enumerate(specs) if spec != _REPLICATED]
+    if fits(split):
+        return []
+    groups: dict[tuple, list[int]] = {}
+    for i in split:
+        groups.setdefault((leaves[i].shape, leaves[i].dtype, specs[i]), []).append(i)
+    misfits = [i for group in groups.values() if not fits(group[:1]) for i in group]
+    return misfits or _misfits(fits, split)
 
 
 def _fits(tx, leaves, treedef, mesh, specs, subset) -> bool:
@@ -331,12 +347,12 @@ def _checked_trace(tx, paths, leaves, treedef, mesh, specs) -> PyTree:
         fits = functools.partial(_fits, tx, leaves, treedef, mesh, specs)
         if not fits([]):  # fails replicated too: not a question of layout
             raise
-        split = [i for i, spec in enumerate(specs) if spec != _REPLICATED]
-        misfits = _misfits(fits, split)
-        if not misfits or len(misfits) == len(split) > 1:
+        misfits = _find_misfits(fits, leaves, specs)
+        culprit = next((i for i in misfits if not fits([i])), None)
+        if culprit is None:  # only a combination fails: JAX's message is all there is
             raise
-        i = misfits[0]
-        raise ValueError(_misfit_message(tx, paths, leaves, treedef, mesh, specs, i, err)) from err
+        message = _misfit_message(tx, paths, leaves, treedef, mesh, specs, culprit, err)
+        raise ValueError(message) from err
 
 
 def _misfit_message(tx, paths, leaves, treedef, mesh, specs, i, err) -> str:

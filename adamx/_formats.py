@@ -302,7 +302,7 @@ class Blockwise8bit(NamedTuple):
         resolve_qmap(self.qmap, signed)
         stochastic = self.stochastic
         if stochastic is None:
-            stochastic = not signed and _is_float_map(self.qmap)
+            stochastic = _is_float_map(self.qmap)
         return self._replace(signed=signed, stochastic=stochastic)
 
     def init(self, param, packed=None):

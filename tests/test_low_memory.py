@@ -51,17 +51,27 @@ def _train(tx, params, steps=60):
     return params, state, losses
 
 
-def test_8bit_adam_follows_fp32_adam():
+@pytest.mark.parametrize(
+    ("stochastic_m", "max_off", "loss_rtol"),
+    [
+        # Nearest: E4M3 stores m within half a step, 2^-4 of |m| (v: E4M4, stochastically
+        # rounded): after 60 steps no parameter is off by more than 8% of the distance it moved.
+        (False, 0.08, 0.01),
+        # The default, stochastic: within one step, 2^-3 of |m|, but unbiased (see
+        # test_formats_numerics for the steady state, where nearest rounding stalls): 15%.
+        (None, 0.15, 0.02),
+    ],
+)
+def test_8bit_adam_follows_fp32_adam(stochastic_m, max_off, loss_rtol):
     p0 = _params()
     ref, _, ref_loss = _train(optax.adam(1e-2), p0)
-    got, state, loss = _train(adamx.adam(1e-2, mu_dtype=M8, nu_dtype=V8), p0)
-    # E4M3 stores m within half a step, 2^-4 of |m| (v: 2^-5, stochastically rounded):
-    # after 60 steps no parameter is off by more than 8% of the distance it moved.
+    m8 = adamx.blockwise_8bit(signed=True, stochastic=stochastic_m)
+    got, state, loss = _train(adamx.adam(1e-2, mu_dtype=m8, nu_dtype=V8), p0)
     for name in p0:
         moved = float(jnp.max(jnp.abs(ref[name] - p0[name])))
         diff = float(jnp.max(jnp.abs(got[name] - ref[name])))
-        assert moved > 0.1 and diff < 0.08 * moved, (name, moved, diff)
-    np.testing.assert_allclose(loss, ref_loss, rtol=0.01)
+        assert moved > 0.1 and diff < max_off * moved, (name, moved, diff)
+    np.testing.assert_allclose(loss, ref_loss, rtol=loss_rtol)
     mu, nu = state[0].mu, state[0].nu
     assert isinstance(mu, QuantizedMoment) and isinstance(nu, QuantizedMoment)
     assert mu.codes["w"].dtype == jnp.uint8 and nu.codes["w"].dtype == jnp.uint8
@@ -279,9 +289,9 @@ def test_state_bytes_per_parameter():
         bf16 = adamx.adam(1e-3, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16)
     assert adamx.state_nbytes(bf16.init(big)) == 4 * n + 4
     eight = adamx.state_nbytes(adamx.adam(1e-3, mu_dtype=M8, nu_dtype=V8).init(big))
-    # codes + one float32 scale per 256 elements, v's 8-byte rounding key, a 1-byte
+    # codes + one float32 scale per 256 elements, an 8-byte rounding key and a 1-byte
     # configuration tag per moment, the int32 count
-    assert eight == 2 * (n + 4 * n // 256) + 8 + 2 + 4
+    assert eight == 2 * (n + 4 * n // 256) + 2 * 8 + 2 + 4
     assert eight / n <= 2.1
 
 

@@ -118,10 +118,11 @@ def add_weight_decay_stage(stage: str, weight_decay: Any, mask: Mask | None):
 
     def init_fn(params):
         rate_state = init_rate_state(weight_decay)
+        if isinstance(params, _PLACEHOLDER):  # optax.tree_map_params probes the state's shape
+            return rate_state if mask is None else optax.MaskedState(inner_state=rate_state)
+        check_not_masked_packed(stage, params)
         if mask is None:
             return rate_state
-        if isinstance(params, _PLACEHOLDER):  # optax.tree_map_params probes the state's shape
-            return optax.MaskedState(inner_state=rate_state)
         resolve_mask(stage, mask, params)  # refuse a mask that does not fit, at init
         packed = contains_packed(params)
         return (PackedMaskedState if packed else optax.MaskedState)(inner_state=rate_state)

@@ -284,6 +284,14 @@ def test_an_adamx_stage_refuses_packed_params_masked_by_optax():
         tx.update(packed, tx.init(packed), packed)
 
 
+def test_optax_masked_around_a_whole_adamx_optimizer_on_packed_params_is_refused_at_init():
+    packed = adamx.pack(model_params(), min_size=MIN_SIZE)
+    matrices = lambda p: jax.tree.map(lambda x: x.ndim > 1, p)  # noqa: E731
+    tx = optax.masked(adamx.adamw(1e-2, mask=adamx.exclude_paths("norm")), matrices)
+    with pytest.raises(ValueError, match=r"add_decoupled_weight_decay was given a PackedTree"):
+        tx.init(packed)
+
+
 def test_a_bool_tree_given_to_optax_masked_on_packed_params_fails_loudly():
     packed = adamx.pack(model_params(), min_size=MIN_SIZE)
     mask = jax.tree.map(lambda x: x.ndim > 1, model_params())

@@ -1,9 +1,11 @@
 """Weight decay options: coupled L2, schedules, fully decoupled decay, and masks (pytree,
 callable, path predicate), each against a hand-written NumPy reference or closed form."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from _family_refs import run_adamx_stream
 
@@ -191,6 +193,19 @@ def test_masks(mask, coupled):
     np.testing.assert_array_equal(final["layer_norm"]["scale"], params["layer_norm"]["scale"])
     kernel, kernel0 = np.asarray(final["dense"]["kernel"]), np.asarray(params["dense"]["kernel"])
     assert np.all(np.abs(kernel) < np.abs(kernel0))  # shrunk toward zero
+
+
+def test_a_masked_state_maps_with_optax_tree_map_params_like_optaxs():
+    # tree_map_params calls init with a placeholder instead of the params: the masked stage
+    # must not evaluate its mask on it (optax.masked special-cases it the same way).
+    params = flax_like_params(jnp.float32)
+    mask = adamx.exclude_paths("bias$")
+    mapped = []
+    for tx in (adamx.adamw(1e-2, mask=mask), optax.adamw(1e-2, mask=mask)):
+        state = tx.init(params)
+        mapped.append(optax.tree.get(optax.tree_map_params(tx, lambda x: x + 1, state), "mu"))
+    chex.assert_trees_all_equal(mapped[0], mapped[1])
+    chex.assert_trees_all_equal(mapped[0], jax.tree.map(jnp.ones_like, params))
 
 
 def test_path_mask_sees_slash_joined_paths_and_leaves():

@@ -1,12 +1,12 @@
 """Optimizer state through orbax-checkpoint: exact round trips and bit-identical resumption.
 
-The table ``CASES`` lists every optimizer (and state format) whose state must survive a
-checkpoint. To cover a new family member or format, add one row: a name and a factory
-returning the optimizer (and, if needed, the parameters' dtype).
+The table ``CASES`` lists the optimizers, state formats, paths and optax wrappers whose state
+must survive a checkpoint, as cells of the registry (``registry.py``); the composition matrix's
+``orbax`` host runs the same save -> restore -> resume on every other combination.
 """
 
 import pickle
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import chex
 import jax
@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from registry import FORMATS, Cell, compose
 
 import adamx
-from adamx._multi_tensor import multi_tensor  # TODO(lead): adamx.multi_tensor once exported
 
 ocp = pytest.importorskip("orbax.checkpoint")
 
@@ -25,57 +25,38 @@ STEPS_BEFORE, STEPS_AFTER = 3, 3
 
 class Case(NamedTuple):
     name: str
-    make_tx: Any  # () -> optax.GradientTransformation; called afresh after a restart
-    param_dtype: Any = jnp.float32
+    cell: Cell  # (optimizer, format, path, host) in the registry
+
+    @property
+    def make_tx(self):  # () -> optax.GradientTransformation; called afresh after a restart
+        return compose(self.cell)
+
+    @property
+    def param_dtype(self):
+        return FORMATS[self.cell.format].param_dtype
 
 
-def _not_bias(params):
-    return jax.tree_util.tree_map_with_path(lambda path, _: path[-1].key != "b", params)
+def _case(optimizer, fmt="default", path="per_leaf", host="plain", name=None):
+    return Case(name or optimizer, Cell(optimizer, fmt, path, host))
 
 
 CASES = [
-    Case("adam", lambda: adamx.adam(1e-2)),
-    Case(
-        "adamw_schedule_mask",
-        lambda: adamx.adamw(
-            optax.warmup_cosine_decay_schedule(0.0, 1e-2, 2, 10),
-            weight_decay=optax.linear_schedule(0.1, 0.0, 10),
-            mask=_not_bias,
-        ),
-    ),
-    Case("adam_bf16_mu", lambda: adamx.adam(1e-2, mu_dtype=jnp.bfloat16)),
-    Case("adam_nesterov", lambda: adamx.adam(1e-2, nesterov=True)),
-    Case("adamw_bf16_params", lambda: adamx.adamw(1e-2, weight_decay=0.1), jnp.bfloat16),
-    Case(
-        "inject_hyperparams_adamw",
-        lambda: optax.inject_hyperparams(adamx.adamw)(learning_rate=1e-2, weight_decay=0.1),
-    ),
-    Case("clip_adamw", lambda: optax.chain(optax.clip_by_global_norm(1.0), adamx.adamw(1e-2))),
+    _case("adam"),
+    _case("adamw_schedule_mask"),
+    _case("adam", "mu_bf16", name="adam_bf16_mu"),
+    _case("adam_nesterov"),
+    _case("adamw", "bf16_params", name="adamw_bf16_params"),
+    _case("adamw", host="inject_hyperparams", name="inject_hyperparams_adamw"),
+    _case("adamw", host="clip_chain", name="clip_adamw"),
     # The family.
-    Case("nadam", lambda: adamx.nadam(1e-2)),
-    Case("nadamw", lambda: adamx.nadamw(1e-2, weight_decay=0.1)),
-    Case("radam", lambda: adamx.radam(1e-2)),
-    Case("amsgrad", lambda: adamx.amsgrad(1e-2)),
-    Case("adamax", lambda: adamx.adamax(1e-2)),
-    Case("adamaxw", lambda: adamx.adamaxw(1e-2)),
+    *[_case(name) for name in ("nadam", "nadamw", "radam", "amsgrad", "adamax", "adamaxw")],
     # State formats: 8-bit blockwise moments (uint8 codes + float32 scales), stochastic bfloat16
     # (bfloat16 values + a PRNG key), and low-precision parameters with Kahan compensation.
-    Case(
-        "nadam_8bit_moments",
-        lambda: adamx.nadam(
-            1e-2,
-            mu_dtype=adamx.blockwise_8bit(block_size=4, min_size=1),
-            nu_dtype=adamx.blockwise_8bit(signed=False, block_size=4, min_size=1),
-        ),
-    ),
-    Case("adam_stochastic_bf16_mu", lambda: adamx.adam(1e-2, mu_dtype=adamx.stochastic_float())),
-    Case(
-        "adamw_kahan_bf16_params",
-        lambda: optax.chain(adamx.adamw(1e-2), adamx.kahan_summation()),
-        jnp.bfloat16,
-    ),
+    _case("nadam", "blockwise_8bit_small_blocks", name="nadam_8bit_moments"),
+    _case("adam", "stochastic_bf16", name="adam_stochastic_bf16"),
+    _case("adamw", "kahan_bf16_params", name="adamw_kahan_bf16_params"),
     # The packed multi-tensor state (small leaves in flat per-dtype buckets).
-    Case("multi_tensor_adamw", lambda: multi_tensor(adamx.adamw(1e-2), min_size=8)),
+    _case("adamw", path="multi_tensor", name="multi_tensor_adamw"),
 ]
 IDS = [case.name for case in CASES]
 

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from registry import OPTIMIZERS as REGISTRY
 
 import adamx
 
@@ -16,31 +17,11 @@ train_state = pytest.importorskip("flax.training.train_state")
 STEPS = 5
 
 
-def _not_bias(params):
-    """Decay everything but biases (a callable mask, as optax.adamw takes)."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: getattr(path[-1], "key", None) != "bias", params
-    )
-
-
-def _schedule():
-    return optax.warmup_cosine_decay_schedule(0.0, 3e-2, 2, STEPS)
-
-
-# (name, adamx optimizer, the optax optimizer it must equal bit for bit)
-OPTIMIZERS = [
-    (
-        "adamw_schedule_mask",
-        lambda: adamx.adamw(_schedule(), weight_decay=0.1, mask=_not_bias),
-        lambda: optax.adamw(_schedule(), weight_decay=0.1, mask=_not_bias),
-    ),
-    (
-        "adam_bf16_mu",
-        lambda: adamx.adam(1e-2, mu_dtype=jnp.bfloat16),
-        lambda: optax.adam(1e-2, mu_dtype=jnp.bfloat16),
-    ),
-]
-IDS = [row[0] for row in OPTIMIZERS]
+# Registry optimizers with an optax reference they must equal bit for bit inside flax: a
+# learning-rate schedule with a callable weight-decay mask, and a bfloat16 mu_dtype.
+NAMES = ["adamw_schedule_mask", "adam_mu_bf16"]
+OPTIMIZERS = [(name, REGISTRY[name].make, REGISTRY[name].reference) for name in NAMES]
+IDS = NAMES
 
 
 def _batches():

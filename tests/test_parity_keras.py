@@ -10,9 +10,6 @@ The learning rate is a power of two because Keras stores it as a float32
 variable: 2**-8 is the same number in float32 and float64.
 """
 
-import dataclasses
-from collections.abc import Callable
-
 import jax
 import jax.numpy as jnp
 import optax
@@ -26,67 +23,31 @@ from _family_refs import (
 )
 from _family_tolerance import assert_f64_equal, assert_within_rounding
 from _streams import make_params
-
-import adamx
+from registry import OPTIMIZERS, Optimizer, with_reference
 
 keras = pytest.importorskip("keras", reason="keras is a test-only reference (pip install keras)")
 if keras.backend.backend() != "jax":
     pytest.skip("the Keras reference needs KERAS_BACKEND=jax", allow_module_level=True)
-K = keras.optimizers
-LR = 2.0**-8
-ADAM_SLOTS = {"momentum": "mu", "velocity": "nu"}
+# The cases: every registry optimizer with a Keras reference (its builder, the slots that
+# correspond, and the float32 tolerance factor with its reason).
+CASES = {name: OPTIMIZERS[name] for name in with_reference("keras")}
 
 
-@dataclasses.dataclass(frozen=True)
-class Case:
-    keras: Callable  # () -> keras optimizer
-    adamx: Callable  # () -> optax.GradientTransformation
-    slots: dict = dataclasses.field(default_factory=lambda: dict(ADAM_SLOTS))
-    # float32 tolerance, in units of Keras's own float32 drift; measured need <= 6.9 (v's EMA)
-    factor: float = 16.0
-    why: str = (
-        "Keras's EMA v += (g²-v)(1-β2) rounds once per step where optax's (1-β2)g² + β2·v "
-        "rounds twice, so adamx's v drifts up to ~7x further from exact over 500 steps"
-    )
-
-
-CASES = {
-    "Adam": Case(
-        lambda: K.Adam(LR, beta_1=0.8, beta_2=0.99, epsilon=1e-6),
-        lambda: adamx.adam(LR, b1=0.8, b2=0.99, eps=1e-6, epsilon_hat=True),
-    ),
-    "AdamW": Case(
-        lambda: K.AdamW(LR, weight_decay=0.1),
-        lambda: adamx.adamw(LR, eps=1e-7, weight_decay=0.1, epsilon_hat=True),
-    ),
-    "Adam(amsgrad)": Case(
-        lambda: K.Adam(LR, amsgrad=True),
-        lambda: adamx.amsgrad(LR, eps=1e-7, max_of="raw", epsilon_hat=True),
-        slots=dict(ADAM_SLOTS, velocity_hat="nu_max"),
-    ),
-    "Adamax": Case(
-        lambda: K.Adamax(LR),
-        lambda: adamx.adamax(LR, eps=1e-7, eps_in_max=False),
-        slots={"momentum": "mu", "norm": "nu"},
-    ),
-}
-
-
-def run_both(case: Case, kind: str, dtype, with_adamx: bool = True):
+def run_both(optimizer: Optimizer, kind: str, dtype, with_adamx: bool = True):
     """(adamx, Keras) trajectories and (adamx, Keras) state pairs; adamx's are None if skipped."""
-    ours, state = None, None
+    ours, state, case = None, None, optimizer.keras
     with jax.enable_x64(dtype == jnp.float64):
         if kind == "stream":
             params = jax.tree.map(lambda x: x.astype(dtype), make_params(jnp.float32))
             grads = gradient_stack(params)
             if with_adamx:
-                ours, state = run_adamx_stream(case.adamx(), params, grads)
-            theirs, slots = run_keras(case.keras, params, grads)
+                ours, state = run_adamx_stream(optimizer.make(), params, grads)
+            theirs, slots = run_keras(case.make, params, grads)
         else:
             params = model_params(dtype)
             if with_adamx:
-                ours, state = run_adamx_model(case.adamx(), params)
-            theirs, slots = run_keras(case.keras, params)
+                ours, state = run_adamx_model(optimizer.make(), params)
+            theirs, slots = run_keras(case.make, params)
     assert jax.tree.leaves(theirs)[0].dtype == dtype
     assert ours is None or jax.tree.leaves(ours)[0].dtype == dtype
     pairs = [
@@ -99,9 +60,11 @@ def run_both(case: Case, kind: str, dtype, with_adamx: bool = True):
 @pytest.mark.parametrize("kind", ["stream", "model"])
 @pytest.mark.parametrize("name", list(CASES))
 def test_matches_keras(name, kind):
-    case = CASES[name]
-    (ours32, theirs32), states32 = run_both(case, kind, jnp.float32)
-    (ours64, theirs64), states64 = run_both(case, kind, jnp.float64, with_adamx=kind == "stream")
+    (ours32, theirs32), states32 = run_both(CASES[name], kind, jnp.float32)
+    (ours64, theirs64), states64 = run_both(
+        CASES[name], kind, jnp.float64, with_adamx=kind == "stream"
+    )
+    case = CASES[name].keras
 
     if ours64 is not None:  # the formula check; the closed loop would only repeat it
         assert_f64_equal(ours64, theirs64, f"{name} params")

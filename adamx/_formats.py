@@ -111,7 +111,11 @@ class FloatFormat(NamedTuple):
     def init(self, param, packed=None):
         del packed
         dtype = None if self.dtype is None else jax.dtypes.canonicalize_dtype(self.dtype)
-        if dtype is not None and jnp.iscomplexobj(param) and not jnp.iscomplexobj(dtype):
+        if (
+            dtype is not None
+            and jnp.iscomplexobj(param)
+            and not jnp.issubdtype(dtype, jnp.complexfloating)
+        ):
             raise TypeError(
                 f"the parameter is {param.dtype} but the moment would be stored as real "
                 f"{dtype}, which drops its imaginary part. Store it as a complex dtype "

@@ -630,10 +630,6 @@ def verdicts(results: dict) -> list:
 # --------------------------------------------------------------------------- report
 
 
-def fmt(x, spec=".2f", unit=""):
-    return "-" if x is None else f"{x:{spec}}{unit}"
-
-
 def short_table(results: dict) -> str:
     """The table printed last (and, from committed files, written to the README)."""
     probe = results["probe_GBps"]
@@ -690,6 +686,12 @@ def short_table(results: dict) -> str:
     for v in results["verdicts"]:
         verdict = "met" if v["met"] else f"MISSED ({v['value'] / v['target'] - 1:+.0%})"
         lines.append(f"| {v['goal']} | {v['value']:.3f} | {v['target']} | {verdict} |")
+    skipped = [(g, c, why) for g in results["groups"] for c, why in g["skipped"].items()]
+    if skipped:
+        lines += ["", "Skipped:"]
+        lines += [
+            f"* {g['section']} / {g.get('label', '')} / {c}: {why[:120]}" for g, c, why in skipped
+        ]
     if results["errors"]:
         lines += ["", f"ERRORS: {len(results['errors'])} (see the JSON)"]
     return "\n".join(lines)

@@ -80,6 +80,10 @@ class MomentFormat(Protocol):
     def describe(self) -> str:
         """The static configuration, as recorded in the state (the seed excluded)."""
 
+    def partition_specs(self, spec: tuple, shape: tuple) -> Any:
+        """How a leaf's stored arrays shard, given the parameter's ``PartitionSpec`` entries:
+        one spec (``fields is None``) or a tuple with one per field (None: no array)."""
+
 
 # ---------------------------------------------------------------------------
 # Float storage.
@@ -136,6 +140,11 @@ class FloatFormat(NamedTuple):
     def describe(self) -> str:
         dtype = "the parameter's dtype" if self.dtype is None else jnp.dtype(self.dtype).name
         return f"a float moment ({dtype}{', upcast' if self.upcast else ''})"
+
+    def partition_specs(self, spec: tuple, shape: tuple) -> tuple:
+        """Elementwise: the moment shards exactly like its parameter."""
+        del shape
+        return tuple(spec)
 
     def stored_dtype_ok(self, stored) -> bool:
         """False if ``stored`` has another dtype than this format's explicit one."""
@@ -215,6 +224,11 @@ class StochasticFloatFormat(NamedTuple):
 
     def describe(self) -> str:
         return f"stochastic_float({jnp.dtype(self.dtype).name})"
+
+    def partition_specs(self, spec: tuple, shape: tuple) -> tuple:
+        """The rounded value shards like its parameter (its noise depends on global indices)."""
+        del shape
+        return (tuple(spec),)
 
 
 def _warn_float16_second_moment(what: str) -> None:

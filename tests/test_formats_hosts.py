@@ -192,3 +192,28 @@ def test_running_max_refuses_another_format_too():
     match = r"running_max_nu: the state's nu_max at \['b'\] .*float moment.*blockwise_8bit"
     with pytest.raises(ValueError, match=match):
         chain(v8).update(_grads(0), state)
+
+
+def test_partition_specs_shard_codes_and_scales_like_the_parameter():
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    fmt = adamx.blockwise_8bit().bind("nu")
+    assert fmt.partition_specs(("x", None), (64, 2048)) == (("x", None, None), ("x", None))
+    assert fmt.partition_specs((None, "x"), (16, 4096)) == ((None, "x", None), (None, "x"))
+    assert fmt.partition_specs(("x",), (2048,)) == (("x",), None)  # float32 below min_size
+    assert adamx.stochastic_float().partition_specs(("x",), (8,)) == (("x",),)
+    assert adamx.FloatFormat().partition_specs(("x", None), (8, 2)) == ("x", None)
+    # The specs lay each device's blocks next to its slice of the parameter.
+    mesh = jax.make_mesh((8,), ("x",))
+    x = jax.random.normal(jax.random.key(0), (16, 4096))
+    codes, scales = fmt.encode(x, fmt.init(x), jax.random.key(1))
+    specs = fmt.partition_specs((None, "x"), x.shape)
+    sharded = [
+        jax.device_put(a, NamedSharding(mesh, PartitionSpec(*s)))
+        for a, s in zip((codes, scales), specs, strict=True)
+    ]
+    assert sharded[0].addressable_shards[0].data.shape == (16, 2, 256)  # 512 columns each
+    assert sharded[1].addressable_shards[0].data.shape == (16, 2)
+    xs = jax.device_put(x, NamedSharding(mesh, PartitionSpec(None, "x")))
+    back = jax.jit(fmt.decode)(tuple(sharded), xs)
+    chex.assert_trees_all_equal(back, fmt.decode((codes, scales), x))

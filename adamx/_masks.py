@@ -211,5 +211,5 @@ _MASKED_PACKED = (
     "parameters, so whole buckets of unrelated leaves would be masked together. Pass the mask "
     "to adamx instead (adamx.adamw(..., mask=...), add_decoupled_weight_decay(..., mask=...), "
     "add_coupled_weight_decay(..., mask=...)), which resolves it against the packed tree's "
-    "original paths, or keep the params unpacked where you mask."
+    "original paths, or apply the optax wrapper outside adamx.multi_tensor / to unpacked params."
 )

@@ -207,7 +207,7 @@ def test_an_adamx_mask_inside_the_chain_matches_optax_adamw_with_the_mask(mask):
 
 
 def test_optax_masked_inside_the_chain_is_refused_with_the_fix():
-    masked = optax.masked(adamx.adamw(1e-3), lambda p: jax.tree.map(lambda x: x.ndim > 1, p))
+    masked = optax.masked(adamx.adam(1e-3), lambda p: jax.tree.map(lambda x: x.ndim > 1, p))
     tx = adamx.multi_tensor(masked, min_size=MIN_SIZE)
     with pytest.raises(ValueError, match=r"contains optax.masked .* optax.multi_transform"):
         tx.init(mixed_params())

@@ -260,6 +260,14 @@ def test_optax_masked_inside_multi_tensor_is_refused_with_the_fix():
         tx.init(model_params())
 
 
+def test_optax_masked_around_an_adamx_decay_inside_multi_tensor_is_refused_by_the_stage():
+    # The decay stage's init sees the masked-out buckets before multi_tensor sees the state.
+    matrices = lambda p: jax.tree.map(lambda x: x.ndim > 1, p)  # noqa: E731
+    tx = adamx.multi_tensor(optax.masked(adamx.adamw(1e-2), matrices), min_size=MIN_SIZE)
+    with pytest.raises(ValueError, match=r"was given a PackedTree.*outside adamx.multi_tensor"):
+        tx.init(model_params())
+
+
 def test_optax_multi_transform_inside_multi_tensor_is_refused():
     labels = lambda p: jax.tree.map(lambda x: "a" if x.ndim > 1 else "b", p)  # noqa: E731
     inner = optax.multi_transform({"a": optax.adam(1e-2), "b": optax.sgd(1e-2)}, labels)

@@ -15,7 +15,7 @@ On a CPU the 8 devices are simulated, so this script sets
 ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` before it imports jax; on a machine
 with 8 accelerators, drop that line.
 
-Run (about a minute on 2 CPU cores; the plot goes to ``--plot``):
+Run (a minute or two on 2 CPU cores; the plot goes to ``--plot``):
 
     python examples/sharded_training.py
     python examples/sharded_training.py --steps 4 --plot /tmp/sharded.png   # a quick smoke run

@@ -33,7 +33,14 @@ import numpy as np
 
 from ._low_precision import round_stochastic
 from ._multi_tensor import PackedTree
-from ._quantization import QuantizedMoment, QuantMap, dequantize, quantize, resolve_qmap
+from ._quantization import (
+    QuantizedMoment,
+    QuantMap,
+    block_layout,
+    dequantize,
+    quantize,
+    resolve_qmap,
+)
 from ._validation import _keystr, check_float_dtype, flatten_like_updates
 
 _PROTOCOL = ("elementwise", "stochastic", "fields", "bind", "describe")
@@ -363,19 +370,37 @@ class Blockwise8bit(NamedTuple):
             f"stochastic={self.stochastic})"
         )
 
-    def partition_specs(self, spec: tuple, shape: tuple) -> tuple:
+    def partition_specs(self, spec: tuple, shape: tuple, axis_sizes: dict | None = None) -> tuple:
         """How the stored arrays of a leaf of ``shape`` shard, given the parameter's spec.
 
         ``spec``: the parameter's ``PartitionSpec`` entries, one per axis. Codes
         ``(*lead, n_blocks, block)`` and scales ``(*lead, n_blocks)`` keep the leading
-        axes' entries and put the last axis' entry on ``n_blocks`` (a block never
-        straddles a shard when the per-shard length is a multiple of the block).
-        A float32 leaf (below ``min_size``) shards like the parameter.
+        axes' entries and put the last axis' entry on ``n_blocks``. That is the
+        parameter's layout only if each device's piece of the last axis is a whole
+        number of blocks: given ``axis_sizes`` (``mesh.shape``), anything else is
+        refused (ValueError). A float32 leaf (below ``min_size``) shards like the
+        parameter.
         """
         spec = tuple(spec) + (None,) * (len(shape) - len(spec))
         if not (len(shape) > 0 and int(np.prod(shape)) >= max(self.min_size, 1)):
             return (spec, None)
+        if axis_sizes is not None:
+            self._check_blocks_on_devices(shape, spec[-1], axis_sizes)
         return ((*spec, None), spec)
+
+    def _check_blocks_on_devices(self, shape: tuple, entry: Any, axis_sizes: Any) -> None:
+        names = () if entry is None else (entry if isinstance(entry, tuple) else (entry,))
+        pieces = int(np.prod([axis_sizes[name] for name in names], dtype=np.int64))
+        _, block = block_layout(tuple(shape), self.block_size)
+        if pieces > 1 and (shape[-1] % pieces or (shape[-1] // pieces) % block):
+            raise ValueError(
+                f"blockwise_8bit(block_size={self.block_size}): a parameter of shape "
+                f"{tuple(shape)} split along its last axis over {names} ({pieces} pieces of "
+                f"{shape[-1] / pieces:g} elements) cannot be laid out like the parameter in "
+                f"blocks of {block}: a block must lie on one device. Use a block_size that "
+                "divides each device's piece (a power of two), shard a leading axis instead, "
+                "or raise min_size so this leaf stays float32."
+            )
 
     def _check_bucket(self, packed) -> None:
         big = [(path, size) for path, size in packed if size >= max(self.min_size, 1)]
@@ -391,6 +416,10 @@ class Blockwise8bit(NamedTuple):
             )
 
     def _quantize(self, value, key):
+        sharding = getattr(jax.typeof(value), "sharding", None)  # typed (Explicit) axes only
+        spec = getattr(sharding, "spec", None)
+        if spec is not None and len(spec) == value.ndim and spec[-1] is not None:
+            self._check_blocks_on_devices(value.shape, spec[-1], sharding.mesh.shape)
         if self.qmap == "dynamic":
             value = jax.lax.optimization_barrier(value)  # read twice below (block max, codes)
         value = jnp.sqrt(value) if self.sqrt else value

@@ -217,3 +217,19 @@ def test_partition_specs_shard_codes_and_scales_like_the_parameter():
     xs = jax.device_put(x, NamedSharding(mesh, PartitionSpec(None, "x")))
     back = jax.jit(fmt.decode)(tuple(sharded), xs)
     chex.assert_trees_all_equal(back, fmt.decode((codes, scales), x))
+
+
+def test_blocks_straddling_devices_are_refused():
+    from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+    fmt = adamx.blockwise_8bit(block_size=4, min_size=1).bind("mu")
+    match = r"\(4, 8\) split along its last axis over \('x',\) \(8 pieces of 1 elements\).*"
+    match += r"cannot be laid out like the parameter in blocks of 4: a block must lie on one device"
+    with pytest.raises(ValueError, match=match):
+        fmt.partition_specs((None, "x"), (4, 8), {"x": 8})
+    assert fmt.partition_specs((None, "x"), (4, 64), {"x": 8}) == ((None, "x", None), (None, "x"))
+    mesh = jax.make_mesh((8,), ("x",), (AxisType.Explicit,))
+    params = {"w": jax.device_put(jnp.ones((4, 8)), NamedSharding(mesh, PartitionSpec(None, "x")))}
+    tx = adamx.adam(1e-2, mu_dtype=fmt)
+    with jax.set_mesh(mesh), pytest.raises(ValueError, match=match):
+        jax.jit(tx.init)(params)

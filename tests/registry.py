@@ -483,6 +483,9 @@ FORMATS: dict[str, Format] = {
     "default": Format(),
     "bf16_params": Format(param_dtype=BF16, storage_bits=7),
     "mu_bf16": Format(dict(mu_dtype=BF16), storage_bits=7),
+    "f32_moments_f16_params": Format(
+        dict(mu_dtype=F32, nu_dtype=F32), param_dtype=F16, storage_bits=10
+    ),
     "nu_f32_bf16_params": Format(
         dict(mu_dtype=F32, nu_dtype=F32), param_dtype=BF16, storage_bits=7
     ),
@@ -715,8 +718,8 @@ def run_nnx(build, params, path: Path, loss, steps: int) -> Run:
         grads = nnx.grad(lambda m: loss(values(m), t))(model)
         optimizer.update(model, grads)
 
-    def opt_state():
-        return nnx.to_pure_dict(nnx.state(optimizer, nnx.optimizer.OptState))
+    def opt_state():  # as the user sees it: the transformation's state types, nnx variables
+        return jax.tree.map(lambda x: x, optimizer.opt_state)
 
     states = [opt_state()]
     for t in range(steps):
@@ -958,7 +961,8 @@ INEXPRESSIBLE = {name: rule for name, rule in RULES.items() if rule.match is Non
 
 
 def rule_for(cell: Cell) -> tuple[str, Rule] | None:
-    for name, rule in RULES.items():
+    """The rule a cell falls under (a combination that cannot be written comes first)."""
+    for name, rule in (*INEXPRESSIBLE.items(), *REFUSALS.items()):
         if rule.applies(cell):
             return name, rule
     return None

@@ -1,0 +1,72 @@
+"""The registry itself: every entry is exercised somewhere, and its rules are consistent."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+from _streams import make_mixed_params
+from registry import (
+    FORMATS,
+    HOSTS,
+    INEXPRESSIBLE,
+    OPTIMIZERS,
+    PATHS,
+    PENDING,
+    REFUSALS,
+    Cell,
+    compose,
+)
+from test_matrix import FULL, PAIRWISE
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_every_optimizer_is_exercised(name):
+    """In the matrix, or checked against at least one reference (optax, torch or Keras)."""
+    opt = OPTIMIZERS[name]
+    assert opt.matrix or opt.optax or opt.torch or opt.keras, f"{name} is tested nowhere"
+    if opt.optax:
+        params = make_mixed_params((jnp.float32,))  # the optax suites' tree
+        ours, theirs = opt.make(params).init(params), opt.reference(params).init(params)
+        for field in ("mu", "nu"):  # optax's field names, so optax's tree tools keep working
+            jax.tree.map(
+                lambda a, b: None, optax.tree.get(ours, field), optax.tree.get(theirs, field)
+            )
+
+
+def test_every_member_of_every_axis_is_in_the_default_matrix():
+    for axis, members in (("optimizer", [n for n, o in OPTIMIZERS.items() if o.matrix]),
+                          ("format", [n for n, f in FORMATS.items() if f.matrix]),
+                          ("path", list(PATHS)), ("host", list(HOSTS))):  # fmt: skip
+        seen = {getattr(cell, axis) for cell in PAIRWISE}
+        assert seen == set(members), f"{axis}: {set(members) - seen} never run"
+
+
+@pytest.mark.parametrize("name", list(REFUSALS))
+def test_every_refusal_rule_is_reached(name):
+    rule = REFUSALS[name]
+    re.compile(rule.match)
+    assert any(rule.applies(cell) for cell in FULL), f"the rule {name} applies to no cell"
+    assert any(rule.applies(cell) for cell in PAIRWISE), f"{name} is not in the default run"
+
+
+@pytest.mark.parametrize("name", list(INEXPRESSIBLE))
+def test_inexpressible_cells_are_not_run(name):
+    assert not any(INEXPRESSIBLE[name].applies(cell) for cell in FULL)
+
+
+@pytest.mark.parametrize("defect", list(PENDING))
+def test_pending_entries_name_cells_that_should_work(defect):
+    """Each entry names cells expected to work once fixed (refusals take precedence)."""
+    refused = lambda cell: any(rule.applies(cell) for rule in REFUSALS.values())  # noqa: E731
+    cells = [cell for cell in FULL if PENDING[defect](cell) and not refused(cell)]
+    assert cells, f"PENDING[{defect!r}] matches no working cell: delete it"
+
+
+def test_compose_builds_every_member_once():
+    """One cell per format and per host builds (the matrix builds the rest)."""
+    for fmt in FORMATS:
+        compose(Cell("adam", fmt, "per_leaf", "plain"))()
+    for host in HOSTS:
+        compose(Cell("adamw_schedule_mask", "default", "per_leaf", host))()

@@ -26,7 +26,7 @@ import pytest
 
 N = 8
 STEPS_BEFORE, STEPS_AFTER = 3, 3
-SHAPES = {"w1": (64, 512), "b1": (512,), "w2": (512, 16), "head": [(16, 2048), (16, 2048)]}
+SHAPES = {"w1": (64, 512), "b1": (512,), "w2": (16, 512), "head": [(16, 2048), (16, 2048)]}
 SPECS = {"w1": ("x", None), "b1": ("x",), "w2": (None, "x"), "head": [(None, "x"), ("x", None)]}
 
 

@@ -233,17 +233,41 @@ def _check_block_longer_than_shard():
 
     mesh = _mesh("auto")
     params = _put(mesh, {"emb": np.ones((4, 512), np.float32)}, {"emb": (None, "x")})
-    message = (
-        r"params\['emb'\] \(shape \(4, 512\), sharded .*: \(4, 64\) per device\)"
-        r"(.|\n)*blocks of 256(.|\n)*64 elements(.|\n)*block_size=64(.|\n)*shard another axis"
-    )
+    # The leaf, its layout and per-device piece, the block size, and the fixes.
+    message = [
+        r"params\['emb'\] \(shape \(4, 512\), sharded .*: \(4, 64\) per device\)",
+        r"blocks of 256",
+        r"64 elements",
+        r"block_size",
+        r"shard",
+    ]
     for fn in (adamx.sharding.state_shardings, adamx.sharding.abstract_state):
         try:
             fn(_eight_bit(min_size=0), params)
         except ValueError as err:
-            assert re.search(message, str(err)), str(err)
+            assert all(re.search(m, str(err)) for m in message), str(err)
         else:
             raise AssertionError(f"{fn.__name__} accepted a block longer than the shard")
+    # One block of 256 over the whole last axis (32 per device): refused too, not spread over
+    # the devices (which would reduce each block's scale across them at every step).
+    one_block = _put(mesh, {"emb": np.ones((4, 256), np.float32)}, {"emb": (None, "x")})
+    try:
+        adamx.sharding.state_shardings(_eight_bit(min_size=0), one_block)
+    except ValueError as err:
+        assert all(re.search(m, str(err)) for m in (r"params\['emb'\]", "32 elements")), err
+    else:
+        raise AssertionError("state_shardings spread one block over 8 devices")
+
+    # On Explicit axes the layout is in the types, so init itself refuses, naming the leaf.
+    explicit = _mesh("explicit")
+    with jax.set_mesh(explicit):
+        typed = _put(explicit, {"emb": np.ones((4, 512), np.float32)}, {"emb": (None, "x")})
+        try:
+            jax.jit(_eight_bit(min_size=0).init)(typed)
+        except ValueError as err:
+            assert all(re.search(m, str(err)) for m in (r"\['emb'\]", *message[1:])), err
+        else:
+            raise AssertionError("init on Explicit axes accepted a block longer than the shard")
 
     # The fix the message names: blocks of 64 fit, and the state is split 8 ways.
     tx = _eight_bit(min_size=0, block_size=64)

@@ -1,6 +1,7 @@
 """adamx.adam / adamx.adamw against optax.adam / optax.adamw: bit for bit.
 
-A declarative table of cases (adamx factory, optax factory, keyword arguments),
+The cases are the registry's (``registry.OPTIMIZERS``, the adam table: an adamx
+factory, its optax reference and keyword arguments, the dtypes where it is exact),
 expanded over parameter dtypes and randomised hyperparameters, each run for
 1000 jitted steps. adamx and optax run in separate jitted programs, so equality
 is not an artefact of XLA merging two identical computations.
@@ -14,59 +15,31 @@ import optax
 import pytest
 from _paths import EXACT_PATHS, PATHS, assert_path_matches
 from _streams import gradient_stream, make_mixed_params, run_open_loop
+from registry import (
+    ADAM_TABLE,
+    DECAY_SCHEDULE,
+    OPTIMIZERS,
+    PARITY_STEPS,
+    SCHEDULE,
+    in_suite,
+    matrices,
+    pytree_mask,
+)
 
 import adamx
 
-STEPS = 1000
+STEPS = PARITY_STEPS
 F32, BF16, F16, C64 = jnp.float32, jnp.bfloat16, jnp.float16, jnp.complex64
 ALL = (F32, BF16, F16, C64)
+WARMUP_COSINE = SCHEDULE
 
-
-def _matrices(params):
-    return jax.tree.map(lambda x: x.ndim > 1, params)
-
-
-def _pytree_mask(params):
-    # A literal pytree (not a callable): decay "w" and the nested block, not "b" or "scale".
-    return {
-        group: {"w": True, "b": False, "scale": False, "block": {"k": True}} for group in params
-    }
-
-
-WARMUP_COSINE = optax.warmup_cosine_decay_schedule(0.0, 1e-2, 50, STEPS, end_value=1e-4)
-DECAY_SCHEDULE = optax.linear_schedule(0.1, 0.0, STEPS)
-
-# name: (factory name in both adamx and optax, keyword arguments, dtypes where bit-identical).
-# A bfloat16 mu_dtype is exact for float32 and bfloat16 params (float16 or complex params would
-# promote or truncate it). A scheduled weight decay is exact for float32 and complex64; in
-# bfloat16/float16 adamx deliberately keeps the gradient dtype (see the teacher-forced test below).
-CASES = {
-    "adam": ("adam", dict(learning_rate=3e-3), ALL),
-    "adam_schedule": ("adam", dict(learning_rate=WARMUP_COSINE, eps_root=1e-12), ALL),
-    "nadam": ("adam", dict(learning_rate=3e-3, nesterov=True), ALL),
-    "adam_no_momentum": ("adam", dict(learning_rate=1e-3, b1=0.0), ALL),
-    "adam_mu_bf16": ("adam", dict(learning_rate=1e-3, mu_dtype=BF16), (F32, BF16)),
-    "adamw": ("adamw", dict(learning_rate=3e-3, weight_decay=0.1), ALL),
-    "adamw_callable_mask": (
-        "adamw",
-        dict(learning_rate=WARMUP_COSINE, weight_decay=0.05, mask=_matrices, nesterov=True),
-        ALL,
-    ),
-    "adamw_pytree_mask": ("adamw", dict(learning_rate=1e-3, weight_decay=0.3, mask="pytree"), ALL),
-    "adamw_decay_schedule": (
-        "adamw",
-        dict(learning_rate=1e-3, weight_decay=DECAY_SCHEDULE),
-        (F32, C64),
-    ),
-}
+# The cases: every registry optimizer of the adam/adamw table (its kwargs, its optax alias,
+# and the dtypes where it is bit-identical, with the reasons given in registry.py).
+CASES = in_suite(ADAM_TABLE)
 
 
 def build(case: str, params):
-    name, kwargs, _ = CASES[case]
-    kwargs = dict(kwargs)
-    if kwargs.get("mask") == "pytree":
-        kwargs["mask"] = _pytree_mask(params)
-    return getattr(adamx, name)(**kwargs), getattr(optax, name)(**kwargs)
+    return OPTIMIZERS[case].make(params), OPTIMIZERS[case].reference(params)
 
 
 def random_config(seed: int) -> tuple[str, dict, tuple]:
@@ -84,7 +57,7 @@ def random_config(seed: int) -> tuple[str, dict, tuple]:
     dtypes = (F32, BF16) if kwargs["mu_dtype"] else ALL
     if rng.random() < 0.5:
         return "adam", kwargs, dtypes
-    mask = [None, _matrices, "pytree"][rng.integers(3)]
+    mask = [None, matrices, "pytree"][rng.integers(3)]
     decay = float(10 ** rng.uniform(-4, 0)) if rng.random() < 0.7 else DECAY_SCHEDULE
     if decay is DECAY_SCHEDULE:
         dtypes = tuple(d for d in dtypes if d in (F32, C64))
@@ -113,21 +86,22 @@ def test_random_hyperparameters(seed, path):
     name, kwargs, dtypes = random_config(seed)
     params = make_mixed_params(dtypes)
     if kwargs.get("mask") == "pytree":
-        kwargs["mask"] = _pytree_mask(params)
+        kwargs["mask"] = pytree_mask(params)
     ours = PATHS[path](getattr(adamx, name)(**kwargs))
     assert_runs_equal(ours, getattr(optax, name)(**kwargs), params, path=path)
 
 
 @pytest.mark.parametrize(
-    ("case", "path"), [(c, p) for p in PATHS for c in CASES if _compatible(p, CASES[c][1])]
+    ("case", "path"),
+    [(c, p) for p in PATHS for c in CASES if _compatible(p, OPTIMIZERS[c].kwargs)],
 )
 def test_cases(case, path):
-    params = make_mixed_params(CASES[case][2])
+    params = make_mixed_params(OPTIMIZERS[case].optax_dtypes)
     ours, theirs = build(case, params)
     assert_runs_equal(PATHS[path](ours), theirs, params, path=path)
 
 
-@pytest.mark.parametrize("case", ["adam", "nadam", "adamw_callable_mask", "adamw_decay_schedule"])
+@pytest.mark.parametrize("case", [c for c in in_suite("x64") if c in CASES])
 def test_cases_double_precision(case):
     with jax.enable_x64(True):
         params = make_mixed_params((jnp.float64, jnp.complex128))
@@ -229,7 +203,7 @@ def train(tx, params, steps=STEPS, batch=32):
 # Closed loops feed every rounding back into the gradients, so only exact paths stay bit-equal.
 @pytest.mark.parametrize("path", EXACT_PATHS)
 @pytest.mark.parametrize("dtype", [F32, BF16], ids=lambda d: jnp.dtype(d).name)
-@pytest.mark.parametrize("case", ["adam", "adamw_callable_mask"])
+@pytest.mark.parametrize("case", [c for c in in_suite("model") if c in CASES])
 def test_training_loop(case, dtype, path):
     params = _mlp_init(dtype)
     ours, theirs = build(case, params)

@@ -15,7 +15,8 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
     jax.config.update("jax_num_cpu_devices", 8)
 
 MARKERS = {
-    "matrix_full": "the whole composition matrix (test_matrix.py); run with -m matrix_full",
+    "matrix_full": "every cell of the composition matrix (test_matrix.py): -m matrix_full",
+    "matrix_pairwise": "the matrix's pairwise covering array, run by default",
 }
 
 
@@ -25,12 +26,16 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Deselect ``matrix_full`` tests unless the ``-m`` expression names the marker."""
+    """Deselect the matrix cells outside the pairwise covering array unless the ``-m``
+    expression names ``matrix_full`` (then every cell runs)."""
     if "matrix_full" in (config.getoption("markexpr") or ""):
         return
     kept, dropped = [], []
     for item in items:
-        (dropped if item.get_closest_marker("matrix_full") else kept).append(item)
+        extra = item.get_closest_marker("matrix_full") and not item.get_closest_marker(
+            "matrix_pairwise"
+        )
+        (dropped if extra else kept).append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept

@@ -9,7 +9,10 @@ refused. "Works" means, after ``STEPS`` closed-loop steps on a small mixed tree:
   program, otherwise within ``MAX_ULP`` float32 ulps per element (``_paths``), and
   within ``LOW_ULPS`` ulps for bfloat16 leaves: XLA rounds bfloat16 intermediates (the
   moments of bfloat16 params, the parameter itself) at points that depend on how it
-  fuses each program, and each such rounding may go the other way once per step. Ulps
+  fuses each program, and each such rounding may go the other way once per step; a
+  moment stored narrower than the parameters (``Format.update_rounding``) may move each
+  update by one storage ulp (2^-8 of it for bfloat16 m), so ``STEPS * LR_MAX * 2^-8``
+  more is allowed there (3% of the distance the parameters travel). Ulps
   are counted at magnitudes no smaller than the parameters' initial scale (``ulps``),
   where one step of ~lr moves a bfloat16 parameter by ~50 ulps: a wrong update, a
   leaf in the wrong place or a skipped step is far outside these bounds;
@@ -35,6 +38,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from _paths import MAX_ULP
 from registry import (
@@ -49,7 +53,6 @@ from registry import (
     ensemble_member,
     pending,
     rule_for,
-    run_plain,
 )
 
 import adamx
@@ -110,9 +113,13 @@ def covering_array(cells: list[Cell]) -> list[Cell]:
 
 PAIRWISE = covering_array(FULL)
 _PAIRWISE_SET = set(PAIRWISE)
+# Every cell is in matrix_full; the covering array is also matrix_pairwise (the default run).
 CELLS = [
     pytest.param(
-        cell, id="-".join(cell), marks=() if cell in _PAIRWISE_SET else pytest.mark.matrix_full
+        cell,
+        id="-".join(cell),
+        marks=[pytest.mark.matrix_full]
+        + ([pytest.mark.matrix_pairwise] if cell in _PAIRWISE_SET else []),
     )
     for cell in FULL
 ]
@@ -121,7 +128,7 @@ CELLS = [
 # ---------------------------------------------------------------------------
 # The tree and the loss.
 
-SHAPES = {"w": (64, 128), "b": (128,), "layers": [{"k": (4, 8)}, (16,)], "s": ()}
+SHAPES = {"w": (64, 128), "b": (128,), "layers": [{"k": (4, 8)}], "s": ()}
 _is_shape = lambda x: isinstance(x, tuple)  # noqa: E731
 
 
@@ -208,15 +215,33 @@ def run_cell(cell: Cell):
 _REFERENCES: dict = {}
 
 
+_PROGRAMS: dict = {}
+
+
 def reference(cell: Cell, member: int = 0):
     """The per-leaf plain jit loop of the cell's optimizer and format (wrapped like the
-    cell's host when that host changes the maths), from ensemble member ``member``."""
+    cell's host when that host changes the maths), from ensemble member ``member``.
+    One jitted step per reference serves every member (the plain host's program)."""
     key, host = _reference_key(cell, member)
     if key not in _REFERENCES:
-        build = compose(Cell(cell.optimizer, cell.format, "per_leaf", host))
+        if key[:3] not in _PROGRAMS:
+            tx, loss = (
+                compose(Cell(cell.optimizer, cell.format, "per_leaf", host))(),
+                loss_for(host),
+            )
+
+            @jax.jit
+            def step(params, state, t):
+                updates, state = tx.update(jax.grad(loss)(params, t), state, params)
+                return optax.apply_updates(params, updates), state
+
+            _PROGRAMS[key[:3]] = tx, step
+        tx, step = _PROGRAMS[key[:3]]
         params = ensemble_member(make_params(FORMATS[cell.format].param_dtype), member)
-        run = run_plain(build, params, PATHS["per_leaf"], loss_for(host), STEPS)
-        _REFERENCES[key] = jax.tree.map(np.asarray, run.params)
+        state = tx.init(params)
+        for t in range(STEPS):
+            params, state = step(params, state, jnp.int32(t))
+        _REFERENCES[key] = jax.tree.map(np.asarray, params)
     return _REFERENCES[key]
 
 
@@ -226,6 +251,7 @@ def _spec(tree):
 
 
 PARAM_SCALE = 0.01  # the parameters' initial scale (make_params)
+LR_MAX = 1e-2  # the largest learning rate of the registry's matrix optimizers (SCHEDULE's peak)
 
 
 def ulps(a, b) -> float:
@@ -248,10 +274,12 @@ def assert_matches(cell: Cell, ours, theirs) -> None:
     if PATHS[cell.path].exact and HOSTS[cell.host].exact:
         chex.assert_trees_all_equal(ours, theirs)
         return
+    drift = STEPS * LR_MAX * FORMATS[cell.format].update_rounding  # see Format.update_rounding
     for (where, a), b in zip(
         jax.tree_util.tree_leaves_with_path(ours), jax.tree.leaves(theirs), strict=True
     ):
         bound = MAX_ULP if jnp.finfo(b.dtype).bits >= 32 else LOW_ULPS
+        bound += drift / (2.0 ** np.floor(np.log2(PARAM_SCALE)) * float(jnp.finfo(b.dtype).eps))
         worst = ulps(a, b)
         assert worst <= bound, (
             f"{cell}: {jax.tree_util.keystr(where)} is {worst} ulps off (bound {bound})"

@@ -16,10 +16,11 @@ record of parameter-shaped trees, one array per parameter position in each
 ``StochasticFloatMoment(value, key, config)`` for ``stochastic_float``). Hosts that
 wrap every state leaf at a parameter position (``flax.nnx.Optimizer``) then wrap
 plain arrays, and the original shape is read from the gradient at update time.
-The record carries the format's configuration twice: as a string key of its
-``config`` field (so it is part of the tree structure and of every checkpoint
-path: a restore into another configuration is refused by the checkpointer) and
-checked against the optimizer's own format at every update.
+The record carries the format's configuration as the string key of its
+``config`` field (``{"blockwise_8bit(signed=False, qmap='e4m4', ...)": uint8[1]}``):
+it is part of the tree structure, so every update compares it with the optimizer's
+own format (at trace time), and part of every checkpoint path, so a restore into
+another configuration is refused by the checkpointer.
 """
 
 import dataclasses
@@ -62,10 +63,13 @@ class MomentFormat(Protocol):
         bucket through ``init(..., packed=...)``.
       stochastic: it rounds with random bits; the state then holds one PRNG key
         per moment, split every step, and each leaf gets its own key.
+      fields: None (the state is a tree of arrays), or the names of a leaf's
+        arrays, stored as ``record(**{field: tree}, key=..., config=...)``.
     """
 
     elementwise: bool
     stochastic: bool
+    fields: tuple[str, ...] | None
 
     def bind(self, role: str) -> "MomentFormat":
         """This format for the moment ``role`` ("mu", "nu" or "nu_max"): fills in defaults."""

@@ -65,6 +65,10 @@ def scale_by_moments(
     ``Moments(mu=m_t, nu=v_t, grad=g_t)`` record, which ``bias_correct`` and
     ``scale_by_rsqrt`` consume. The moments handed on are computed in the
     promoted dtype of gradient and state; the state keeps them in its format.
+    |g|² is formed in that promoted dtype (a float16 g squared in float16 would
+    flush v to 0 for |g| < 2.4e-4); (1-β1)·g is formed in g's dtype as optax does,
+    unless g's exponent range is narrower than the state's (float16 g, float32 m).
+    Python numbers in the tree are taken as JAX arrays (as optax does).
 
     Args:
       b1: decay of the first moment, in [0, 1). 0 disables momentum.

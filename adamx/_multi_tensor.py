@@ -78,6 +78,12 @@ class PackedTree:
         """The tree that was packed: slices of the buckets, reshaped, in its structure."""
         return self.spec.treedef.unflatten(_unpack_leaves(self.spec, self.loose, self.buckets))
 
+    def __contains__(self, key: Any) -> bool:
+        """No key is "in" a PackedTree: hosts that probe params for a reserved key
+        (flax's ``TrainState`` looks for ``OVERWRITE_WITH_GRADIENT``) find none."""
+        del key
+        return False
+
 
 class MultiTensorState(NamedTuple):
     """State of ``multi_tensor``: the wrapped chain's state, built on the packed tree."""

@@ -680,7 +680,7 @@ def run_plain(build, params, path: Path, loss, steps: int) -> Run:
 
 def run_orbax(build, params, path: Path, loss, steps: int) -> Run:
     """Train half the steps, save params and state, restore them into a fresh optimizer
-    against ``jax.eval_shape`` (the README recipe), and train the rest."""
+    against ``adamx.sharding.abstract_state`` (the README recipe), and train the rest."""
     import tempfile
 
     import orbax.checkpoint as ocp
@@ -692,7 +692,8 @@ def run_orbax(build, params, path: Path, loss, steps: int) -> Run:
         with ocp.StandardCheckpointer() as checkpointer:
             checkpointer.save(f"{tmp}/ckpt", {"params": params, "opt_state": states[-1]})
         tx = build()  # "after a restart": a fresh optimizer object
-        target = jax.eval_shape(lambda p: {"params": p, "opt_state": path.make_init(tx)(p)}, params)
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, params)
+        target = {"params": abstract, "opt_state": adamx.sharding.abstract_state(tx, abstract)}
         with ocp.StandardCheckpointer() as checkpointer:
             restored = checkpointer.restore(f"{tmp}/ckpt", target)
     params, more, counter2 = _plain_loop(
@@ -1010,16 +1011,4 @@ def _is(**want) -> Callable[[Cell], bool]:
     return applies
 
 
-PENDING: dict[str, Callable[[Cell], bool]] = {
-    # issue 10: "Restoring a ZeRO-1 state with the README's orbax recipe fails" (H3). The same
-    # holds for any state restored under jax.set_mesh (eval_shape gives AbstractMesh shardings).
-    "orbax restore under jax.set_mesh (AbstractMesh shardings), H3": _is(
-        path=("zero1", "sharded_explicit"), host="orbax"
-    ),
-    # Found by the matrix: flax's TrainState.create evaluates `OVERWRITE_WITH_GRADIENT in
-    # params`, and a PackedTree is not a container: TypeError "argument of type 'PackedTree' is
-    # not iterable". Fix: PackedTree.__contains__ (False), H2.
-    "linen TrainState over a PackedTree (PackedTree has no __contains__), H2": _is(
-        path="pack", host="linen"
-    ),
-}
+PENDING: dict[str, Callable[[Cell], bool]] = {}

@@ -20,6 +20,7 @@ from ._formats import FloatFormat as FloatFormat
 from ._formats import MomentFormat as MomentFormat
 from ._formats import StochasticFloat as StochasticFloat
 from ._formats import StochasticFloatFormat as StochasticFloatFormat
+from ._formats import StochasticFloatMoment as StochasticFloatMoment
 from ._formats import blockwise_8bit as blockwise_8bit
 from ._formats import stochastic_float as stochastic_float
 from ._learning_rate import scale_by_lr as scale_by_lr
@@ -38,10 +39,12 @@ from ._multi_tensor import multi_tensor as multi_tensor
 from ._multi_tensor import pack as pack
 from ._nbytes import state_nbytes as state_nbytes
 from ._quantization import QuantizedArray as QuantizedArray
+from ._quantization import QuantizedMoment as QuantizedMoment
 from ._rates import ScheduleState as ScheduleState
 from ._rsqrt import ScaleByRsqrtState as ScaleByRsqrtState
 from ._rsqrt import scale_by_rsqrt as scale_by_rsqrt
 from ._types import Moments as Moments
+from ._weight_decay import PackedMaskedState as PackedMaskedState
 from ._weight_decay import add_decoupled_weight_decay as add_decoupled_weight_decay
 
 __version__ = "0.1.0"
@@ -56,14 +59,17 @@ __all__ = [
     "Moments",
     "MomentumScheduleState",
     "MultiTensorState",
+    "PackedMaskedState",
     "PackedTree",
     "QuantizedArray",
+    "QuantizedMoment",
     "RunningMaxNuState",
     "ScaleByMomentsState",
     "ScaleByRsqrtState",
     "ScheduleState",
     "StochasticFloat",
     "StochasticFloatFormat",
+    "StochasticFloatMoment",
     "StochasticRoundingState",
     "adam",
     "adamax",

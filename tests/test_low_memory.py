@@ -15,8 +15,6 @@ import optax
 import pytest
 
 import adamx
-from adamx._formats import StochasticFloatMoment  # TODO(lead): StochasticFloatMoment
-from adamx._quantization import QuantizedMoment  # TODO(lead): QuantizedMoment
 
 M8 = adamx.blockwise_8bit(signed=True)
 V8 = adamx.blockwise_8bit(signed=False)
@@ -73,7 +71,7 @@ def test_8bit_adam_follows_fp32_adam(stochastic_m, max_off, loss_rtol):
         assert moved > 0.1 and diff < max_off * moved, (name, moved, diff)
     np.testing.assert_allclose(loss, ref_loss, rtol=loss_rtol)
     mu, nu = state[0].mu, state[0].nu
-    assert isinstance(mu, QuantizedMoment) and isinstance(nu, QuantizedMoment)
+    assert isinstance(mu, adamx.QuantizedMoment) and isinstance(nu, adamx.QuantizedMoment)
     assert mu.codes["w"].dtype == jnp.uint8 and nu.codes["w"].dtype == jnp.uint8
     assert mu.scales["w"].shape == nu.scales["w"].shape == (32, 1)  # one 256-block per row
     assert mu.codes["b"].dtype == jnp.float32 and nu.codes["b"].dtype == jnp.float32
@@ -127,7 +125,7 @@ def test_bf16_second_moment_decays_only_with_stochastic_rounding():
             warnings.simplefilter("ignore")
             tx = adamx.scale_by_moments(b2=0.999, nu_dtype=nu_dtype)
         state = jax.lax.fori_loop(0, t, lambda i, s: tx.update(grads[i], s)[1], tx.init(grads[0]))
-        nu = state.nu.value if isinstance(state.nu, StochasticFloatMoment) else state.nu
+        nu = state.nu.value if isinstance(state.nu, adamx.StochasticFloatMoment) else state.nu
         assert nu.dtype == jnp.bfloat16
         return float(jnp.mean(nu.astype(jnp.float32)))
 

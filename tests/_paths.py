@@ -27,17 +27,14 @@ MAX_ULP = 256  # measured worst case over the optax parity table, 1000 steps: 10
 class Path(NamedTuple):
     wrap: Callable  # tx -> tx
     exact: bool  # bit-identical to the per-leaf chain under jit
-    takes_masks: bool  # accepts a mask inside the chain
 
     def __call__(self, tx):
         return self.wrap(tx)
 
 
 PATHS = {
-    "per_leaf": Path(lambda tx: tx, exact=True, takes_masks=True),
-    "multi_tensor": Path(
-        lambda tx: adamx.multi_tensor(tx, min_size=64), exact=False, takes_masks=False
-    ),
+    "per_leaf": Path(lambda tx: tx, exact=True),
+    "multi_tensor": Path(lambda tx: adamx.multi_tensor(tx, min_size=64), exact=False),
 }
 EXACT_PATHS = [name for name, path in PATHS.items() if path.exact]
 

@@ -73,14 +73,9 @@ def assert_runs_equal(ours, theirs, params, steps=STEPS, path="per_leaf"):
     assert_path_matches(path, (u1, p1), (u2, p2))
 
 
-def _compatible(path: str, kwargs: dict) -> bool:
-    """multi_tensor refuses masks inside it by design (tested in test_multi_tensor.py)."""
-    return PATHS[path].takes_masks or kwargs.get("mask") is None
-
-
 @pytest.mark.parametrize(
     ("seed", "path"),
-    [(s, p) for p in PATHS for s in range(8) if _compatible(p, random_config(s)[1])],
+    [(s, p) for p in PATHS for s in range(8)],
 )
 def test_random_hyperparameters(seed, path):
     name, kwargs, dtypes = random_config(seed)
@@ -93,7 +88,7 @@ def test_random_hyperparameters(seed, path):
 
 @pytest.mark.parametrize(
     ("case", "path"),
-    [(c, p) for p in PATHS for c in CASES if _compatible(p, OPTIMIZERS[c].kwargs)],
+    [(c, p) for p in PATHS for c in CASES],
 )
 def test_cases(case, path):
     params = make_mixed_params(OPTIMIZERS[case].optax_dtypes)

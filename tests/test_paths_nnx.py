@@ -22,6 +22,12 @@ STEPS = 4
 MIN_SIZE = 16  # the biases and the norm's scale and bias are packed, the kernels stay loose
 
 
+def as_pure(tree):
+    """The arrays inside nnx Variables (``nnx.as_pure`` from flax 0.12.7 on; the floor is 0.11)."""
+    is_variable = lambda x: isinstance(x, nnx.Variable)  # noqa: E731
+    return jax.tree.map(lambda x: x.value if is_variable(x) else x, tree, is_leaf=is_variable)
+
+
 class Model(nnx.Module):
     def __init__(self, rngs):
         self.hidden = nnx.Linear(6, 8, rngs=rngs)
@@ -48,11 +54,11 @@ def train(tx, steps=STEPS):
         optimizer.update(model, grads)
         return loss
 
-    structures = [jax.tree.structure(nnx.as_pure(optimizer.opt_state))]
+    structures = [jax.tree.structure(as_pure(optimizer.opt_state))]
     losses = []
     for _ in range(steps):
         losses.append(float(step(model, optimizer)))
-        structures.append(jax.tree.structure(nnx.as_pure(optimizer.opt_state)))
+        structures.append(jax.tree.structure(as_pure(optimizer.opt_state)))
     return nnx.to_pure_dict(nnx.state(model, nnx.Param)), structures, losses
 
 
@@ -81,7 +87,7 @@ def test_the_nnx_state_is_packed_and_unpacks_to_the_bare_params():
     optimizer = nnx.Optimizer(
         model, adamx.multi_tensor(adamx.adam(1e-2), min_size=MIN_SIZE), wrt=nnx.Param
     )
-    mu = nnx.as_pure(optimizer.opt_state).inner[0].mu
+    mu = as_pure(optimizer.opt_state).inner[0].mu
     assert isinstance(mu, adamx.PackedTree)
     assert mu.buckets["float32"].shape == (8 + 8 + 8 + 3,)  # hidden.bias, norm.*, out.bias
     zeros = jax.tree.map(jnp.zeros_like, nnx.to_pure_dict(nnx.state(model, nnx.Param)))

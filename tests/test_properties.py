@@ -9,7 +9,6 @@ import optax
 from _paths import PATHS, assert_path_matches
 from _streams import gradient, make_params
 from absl.testing import parameterized
-from registry import OPTIMIZERS as REGISTRY
 from registry import SCHEDULE, Cell, compose, matrices
 
 import adamx
@@ -23,10 +22,8 @@ PLAIN = {
 }
 OPTIMIZERS = {name: compose(cell) for name, cell in PLAIN.items()}
 DTYPES = {"f32": jnp.float32, "bf16": jnp.bfloat16, "f16": jnp.float16, "c64": jnp.complex64}
-# multi_tensor refuses a mask inside it (by design: it would see buckets, not leaves); the
-# supported form, masks outside, is tested in test_multi_tensor.py.
-MASKED = {name for name, cell in PLAIN.items() if "mask" in REGISTRY[cell.optimizer].kwargs}
-PAIRS = [(p, o) for p in PATHS for o in OPTIMIZERS if PATHS[p].takes_masks or o not in MASKED]
+# Masks work on every path: inside multi_tensor they are resolved against the original paths.
+PAIRS = [(p, o) for p in PATHS for o in OPTIMIZERS]
 # A real (bfloat16) m for complex params is refused: it would drop the imaginary part.
 REAL_MU = {name for name, cell in PLAIN.items() if cell.format == "mu_bf16"}
 CASES = [

@@ -1,5 +1,5 @@
 """Test-session configuration: strictness on, so mistakes surface early; 8 CPU devices;
-the ``matrix_full`` marker (the whole composition matrix) deselected unless asked for."""
+the matrix cells beyond its pairwise covering array deselected unless a ``-m`` asks for them."""
 
 import os
 
@@ -17,7 +17,11 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 MARKERS = {
     "matrix_full": "every cell of the composition matrix (test_matrix.py): -m matrix_full",
     "matrix_pairwise": "the matrix's pairwise covering array, run by default",
+    "matrix_ci": "every format x path x host of the matrix for CI's optimizers: -m matrix_ci",
+    "benchmark_smoke": "benchmarks/gpu.py --quick on CPU (about a minute): -m benchmark_smoke",
 }
+# Markers whose tests run only when a -m expression names them (.ci/run does).
+OPT_IN = ("matrix_", "benchmark_smoke")
 
 
 def pytest_configure(config):
@@ -26,15 +30,17 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Deselect the matrix cells outside the pairwise covering array unless the ``-m``
-    expression names ``matrix_full`` (then every cell runs)."""
-    if "matrix_full" in (config.getoption("markexpr") or ""):
+    """Deselect the opt-in tests (the matrix cells outside the pairwise covering array, the
+    benchmark smoke run) unless the ``-m`` expression names them: then ``-m`` alone selects,
+    e.g. ``-m matrix_ci``."""
+    if any(name in (config.getoption("markexpr") or "") for name in OPT_IN):
         return
     kept, dropped = [], []
     for item in items:
         extra = item.get_closest_marker("matrix_full") and not item.get_closest_marker(
             "matrix_pairwise"
         )
+        extra = extra or item.get_closest_marker("benchmark_smoke")
         (dropped if extra else kept).append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)

@@ -17,6 +17,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu.py"
 SECTIONS = {"fp32", "many_leaf", "low_memory", "train"}
+# About a minute of CPU: deselected by default, run by .ci/run with `-m benchmark_smoke`.
+pytestmark = pytest.mark.benchmark_smoke
 
 
 def run_script(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -910,6 +910,15 @@ def _quantizes_below(cell: Cell, size: int) -> bool:
     )
 
 
+def _lays_state_out_like_params(cell: Cell) -> bool:
+    """The cell's 8-bit state is laid out like its sharded params (and so must fit them)."""
+    if cell.path == "sharded_explicit":
+        return cell.host != "multi_transform"
+    if cell.path == "sharded_auto":
+        return cell.host != "multi_transform" and not HOSTS[cell.host].eager_init
+    return False
+
+
 RULES: dict[str, Rule] = {
     "path_mask_on_packed_tree": Rule(
         lambda c: PATHS[c.path].packed and c.host in ("masked", "multi_transform"),
@@ -938,9 +947,11 @@ RULES: dict[str, Rule] = {
         r".* was packed into a flat bucket.*Give pack / multi_tensor a min_size <=",
     ),
     "block_across_devices": Rule(
-        lambda c: c.path in ("sharded_auto", "sharded_explicit") and _quantizes_below(c, 32),
+        lambda c: _lays_state_out_like_params(c) and _quantizes_below(c, 32),
         "the matrix tree's (4, 8) leaf is split over 8 devices along its last axis (1 element "
-        "each), and a block of the 8-bit format must lie on one device",
+        "each), and a block of the 8-bit format must lie on one device (where the state is laid "
+        "out like the parameters: not under multi_transform, whose label sends that leaf to "
+        "sgd, nor on Auto axes for hosts that call tx.init eagerly, whose state stays whole)",
         ValueError,
         r"cannot be laid out like the parameter.*a block must lie on one device",
     ),

@@ -112,7 +112,19 @@ def covering_array(cells: list[Cell]) -> list[Cell]:
     return chosen
 
 
-PAIRWISE = covering_array(FULL)
+def with_every_refusal(chosen: list[Cell], cells: list[Cell]) -> list[Cell]:
+    """``chosen`` plus, for each refusal rule it does not reach, the first cell of ``cells``
+    that rule refuses: the default run asserts every refusal message at least once."""
+    reached = {found[0] for found in map(rule_for, chosen) if found}
+    extra = {}
+    for cell in cells:
+        found = rule_for(cell)
+        if found and found[0] not in reached and found[0] not in extra:
+            extra[found[0]] = cell
+    return chosen + list(extra.values())
+
+
+PAIRWISE = with_every_refusal(covering_array(FULL), FULL)
 _PAIRWISE_SET = set(PAIRWISE)
 # CI's layer between the two: every format x path x host for the optimizer with the most stages
 # in play (a schedule, a mask, decoupled decay), about 17 CPU-minutes; the full product is

@@ -7,14 +7,11 @@ check in ``CHECKS`` and prints a JSON verdict per check, and each pytest test re
 its check (with the subprocess's traceback on failure).
 """
 
-import json
 import os
-import subprocess
-import sys
-import traceback
 
 import numpy as np
 import pytest
+from _eight_devices import report, run_checks, verdicts_of
 
 N_DEVICES = 8
 COLLECTIVES = ("all-gather", "all-reduce", "all-to-all", "collective-permute", "reduce-scatter")
@@ -258,18 +255,7 @@ CHECKS["zero1-auto"] = lambda: _check_zero1("auto")
 
 
 def _main():
-    import jax
-
-    jax.config.update("jax_numpy_rank_promotion", "raise")
-    assert jax.device_count() == N_DEVICES, jax.devices()
-    verdicts = {}
-    for name, check in CHECKS.items():
-        try:
-            check()
-            verdicts[name] = "ok"
-        except Exception:
-            verdicts[name] = traceback.format_exc()
-    print("VERDICTS " + json.dumps(verdicts))
+    run_checks(CHECKS, N_DEVICES)
 
 
 # ---------------------------------------------------------------------------
@@ -278,21 +264,12 @@ def _main():
 
 @pytest.fixture(scope="module")
 def verdicts():
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={N_DEVICES}")
-    env.setdefault("JAX_PLATFORMS", "cpu")
-    proc = subprocess.run(
-        [sys.executable, __file__], env=env, capture_output=True, text=True, timeout=300
-    )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("VERDICTS ")]
-    if proc.returncode != 0 or not lines:
-        pytest.fail(f"the 8-device subprocess failed:\n{proc.stdout}\n{proc.stderr}")
-    return json.loads(lines[-1][len("VERDICTS ") :])
+    return verdicts_of(__file__, N_DEVICES, timeout=300)
 
 
 @pytest.mark.parametrize("check", list(CHECKS))
 def test_on_eight_devices(verdicts, check):
-    if verdicts[check] != "ok":
-        pytest.fail(f"check {check} failed in the 8-device subprocess:\n{verdicts[check]}")
+    report(verdicts, check, N_DEVICES)
 
 
 def test_main_process_is_not_multi_device():

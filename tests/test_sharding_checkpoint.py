@@ -14,15 +14,12 @@ Runs in a subprocess with ``XLA_FLAGS=--xla_force_host_platform_device_count=8``
 tests/test_sharding.py), one JSON verdict per check.
 """
 
-import json
 import os
-import subprocess
-import sys
 import tempfile
-import traceback
 
 import numpy as np
 import pytest
+from _eight_devices import report, run_checks, verdicts_of
 
 N = 8
 STEPS_BEFORE, STEPS_AFTER = 3, 3
@@ -163,38 +160,18 @@ CHECKS = {
 
 
 def _main():
-    import jax
-
-    jax.config.update("jax_numpy_rank_promotion", "raise")
-    assert jax.device_count() == N, jax.devices()
-    verdicts = {}
-    for name, check in CHECKS.items():
-        try:
-            check()
-            verdicts[name] = "ok"
-        except Exception:
-            verdicts[name] = traceback.format_exc()
-    print("VERDICTS " + json.dumps(verdicts))
+    run_checks(CHECKS, N)
 
 
 @pytest.fixture(scope="module")
 def verdicts():
     pytest.importorskip("orbax.checkpoint")
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={N}")
-    env.setdefault("JAX_PLATFORMS", "cpu")
-    proc = subprocess.run(
-        [sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600
-    )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("VERDICTS ")]
-    if proc.returncode != 0 or not lines:
-        pytest.fail(f"the 8-device subprocess failed:\n{proc.stdout}\n{proc.stderr}")
-    return json.loads(lines[-1][len("VERDICTS ") :])
+    return verdicts_of(__file__, N, timeout=600)
 
 
 @pytest.mark.parametrize("check", list(CHECKS))
 def test_save_restore_resume_on_eight_devices(verdicts, check):
-    if verdicts[check] != "ok":
-        pytest.fail(f"check {check} failed in the 8-device subprocess:\n{verdicts[check]}")
+    report(verdicts, check, N)
 
 
 if __name__ == "__main__":

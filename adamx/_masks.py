@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ._multi_tensor import PackedTree
+from ._packed import PackedTree
 from ._types import PyTree
 from ._validation import check_mask
 

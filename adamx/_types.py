@@ -26,6 +26,14 @@ class Moments(NamedTuple):
     grad: jax.Array
 
 
+class InfNormMoments(Moments):
+    """A ``Moments`` record whose ``nu`` is the infinity norm u_t (AdaMax), not a mean square.
+
+    ``bias_correct`` leaves such a ``nu`` uncorrected and ``scale_by_rsqrt``
+    divides by it without a root; stages that assume a mean square reject it.
+    """
+
+
 def is_moments(x: Any) -> bool:
     return isinstance(x, Moments)
 

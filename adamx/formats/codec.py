@@ -52,7 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._random_bits import random_bits
+from .random_bits import random_bits
 
 NAN_CODE = 255
 INF_CODE = 254  # unsigned maps only: +inf (an overflowed g² in v)

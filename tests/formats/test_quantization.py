@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import adamx
-from adamx._quantization import INF_CODE, NAN_CODE, QuantMap, dequantize, quantize, resolve_qmap
+from adamx.formats.codec import INF_CODE, NAN_CODE, QuantMap, dequantize, quantize, resolve_qmap
 
 MAPS = [("dynamic", True), ("dynamic", False), ("linear", True), ("linear", False)]
 FLOAT_MAPS = [("e4m3", True), ("e3m4", True), ("e4m4", False), ("e5m3", False)]

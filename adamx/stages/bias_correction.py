@@ -6,10 +6,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ._moments import InfNormMoments
-from ._rates import like
-from ._types import Moments, map_moments
-from ._validation import check_beta, check_non_negative, require_moment_tree
+from .._rates import like
+from .._types import InfNormMoments, Moments, map_moments
+from .._validation import check_beta, check_non_negative, require_moment_tree
 
 
 class BiasCorrectState(NamedTuple):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "gpu.py"
 SECTIONS = {"fp32", "many_leaf", "low_memory", "train"}
 # About a minute of CPU: deselected by default, run by .ci/run with `-m benchmark_smoke`.

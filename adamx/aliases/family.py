@@ -7,8 +7,8 @@ from typing import Any
 
 import optax
 
-from ._aliases import build_chain
-from ._weight_decay import Mask
+from ..stages.weight_decay import Mask
+from .adam import build_chain
 
 
 def nadam(

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from adamx._random_bits import random_bits, uniform
+from adamx.formats.random_bits import random_bits, uniform
 
 stats = pytest.importorskip("scipy.stats")
 N = 1 << 18

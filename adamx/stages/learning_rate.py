@@ -5,8 +5,8 @@ from typing import Any
 import jax
 import optax
 
-from ._rates import current_rate, init_rate_state, like
-from ._validation import check_scalar_or_schedule, require_update_tree
+from .._rates import current_rate, init_rate_state, like
+from .._validation import check_scalar_or_schedule, require_update_tree
 
 
 def scale_by_lr(learning_rate: Any) -> optax.GradientTransformationExtraArgs:

@@ -12,8 +12,8 @@ import optax
 import pytest
 
 import adamx
-from adamx._formats import StochasticFloatMoment
-from adamx._quantization import QuantizedMoment
+from adamx.formats.base import StochasticFloatMoment
+from adamx.formats.codec import QuantizedMoment
 
 nnx = pytest.importorskip("flax.nnx")
 ocp = pytest.importorskip("orbax.checkpoint")

@@ -6,9 +6,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ._moments import InfNormMoments
-from ._types import Moments, map_moments
-from ._validation import check_beta, check_non_negative, is_concrete_number, require_moment_tree
+from .._types import InfNormMoments, Moments, map_moments
+from .._validation import check_beta, check_non_negative, is_concrete_number, require_moment_tree
 
 
 class ScaleByRsqrtState(NamedTuple):

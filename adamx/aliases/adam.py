@@ -4,14 +4,14 @@ from typing import Any
 
 import optax
 
-from ._amsgrad import running_max_nu
-from ._bias_correction import bias_correct
-from ._coupled import add_coupled_weight_decay
-from ._learning_rate import scale_by_lr
-from ._moments import scale_by_moments
-from ._rsqrt import scale_by_rsqrt
-from ._validation import is_concrete_number
-from ._weight_decay import Mask, add_decoupled_weight_decay
+from .._validation import is_concrete_number
+from ..stages.amsgrad import running_max_nu
+from ..stages.bias_correction import bias_correct
+from ..stages.coupled import add_coupled_weight_decay
+from ..stages.learning_rate import scale_by_lr
+from ..stages.moments import scale_by_moments
+from ..stages.rsqrt import scale_by_rsqrt
+from ..stages.weight_decay import Mask, add_decoupled_weight_decay
 
 _AMSGRAD = (None, "raw", "corrected")
 

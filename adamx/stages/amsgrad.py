@@ -6,10 +6,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ._formats import as_format, init_moment, read_moment, write_moment
-from ._moments import InfNormMoments, as_arrays
-from ._types import Moments, PyTree, is_moments, map_moments
-from ._validation import check_float_leaves, require_moment_tree
+from .._types import InfNormMoments, Moments, PyTree, is_moments, map_moments
+from .._validation import check_float_leaves, require_moment_tree
+from ..formats.base import as_format, init_moment, read_moment, write_moment
+from .moments import as_arrays
 
 
 class RunningMaxNuState(NamedTuple):

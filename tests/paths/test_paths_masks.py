@@ -18,7 +18,7 @@ import pytest
 from _paths import assert_path_matches
 
 import adamx
-from adamx._weight_decay import PackedMaskedState
+from adamx.stages.weight_decay import PackedMaskedState
 
 STEPS = 6
 MIN_SIZE = 16

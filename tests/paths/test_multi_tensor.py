@@ -472,7 +472,7 @@ def test_the_path_tolerance_catches_a_misplaced_leaf():
 def test_docstring_examples_run():
     import doctest
 
-    import adamx._multi_tensor as module
+    import adamx.paths.multi_tensor as module
 
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted >= 10 and result.failed == 0, result

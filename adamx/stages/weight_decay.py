@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ._masks import check_not_masked_packed, contains_packed, resolve_mask
-from ._rates import current_rate, init_rate_state
-from ._types import PyTree
-from ._validation import (
+from .._masks import check_not_masked_packed, contains_packed, resolve_mask
+from .._rates import current_rate, init_rate_state
+from .._types import PyTree
+from .._validation import (
     check_scalar_or_schedule,
     flatten_like_updates,
     is_concrete_number,

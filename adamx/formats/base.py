@@ -32,9 +32,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._low_precision import round_stochastic
-from ._multi_tensor import PackedTree
-from ._quantization import (
+from .._packed import PackedTree
+from .._validation import _keystr, check_float_dtype, flatten_like_updates
+from .codec import (
     QuantizedMoment,
     QuantMap,
     block_layout,
@@ -42,7 +42,7 @@ from ._quantization import (
     quantize,
     resolve_qmap,
 )
-from ._validation import _keystr, check_float_dtype, flatten_like_updates
+from .rounding import round_stochastic
 
 _PROTOCOL = ("elementwise", "stochastic", "fields", "bind", "describe")
 ROLES = {"mu": 0, "nu": 1, "nu_max": 2}  # folded into the stochastic-rounding key

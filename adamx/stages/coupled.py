@@ -4,8 +4,8 @@ from typing import Any
 
 import optax
 
-from ._validation import check_scalar_or_schedule
-from ._weight_decay import Mask, add_weight_decay_stage
+from .._validation import check_scalar_or_schedule
+from .weight_decay import Mask, add_weight_decay_stage
 
 
 def add_coupled_weight_decay(

@@ -6,9 +6,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ._formats import as_format, init_moment, read_moment, write_moment
-from ._types import Moments, PyTree
-from ._validation import (
+from .._types import InfNormMoments, Moments, PyTree
+from .._validation import (
     check_beta,
     check_float_leaves,
     check_non_negative,
@@ -16,6 +15,7 @@ from ._validation import (
     is_concrete_number,
     require_update_tree,
 )
+from ..formats.base import as_format, init_moment, read_moment, write_moment
 
 
 class ScaleByMomentsState(NamedTuple):
@@ -23,14 +23,6 @@ class ScaleByMomentsState(NamedTuple):
 
     mu: PyTree  # first moment m, in its state format (default: the params' dtype)
     nu: PyTree  # second moment v, in its state format (default: the params' dtype)
-
-
-class InfNormMoments(Moments):
-    """A ``Moments`` record whose ``nu`` is the infinity norm u_t (AdaMax), not a mean square.
-
-    ``bias_correct`` leaves such a ``nu`` uncorrected and ``scale_by_rsqrt``
-    divides by it without a root; stages that assume a mean square reject it.
-    """
 
 
 def abs_sq(g: jax.Array) -> jax.Array:

@@ -26,6 +26,41 @@ def is_concrete_number(x: Any) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
+def is_zero(x: Any) -> bool:
+    """A concrete Python number equal to 0 (a traced or array value is never "known zero")."""
+    return is_concrete_number(x) and x == 0
+
+
+def check_flag(name: str, value: Any, *, optional: bool = False) -> None:
+    """A switch must be a Python bool (``optional``: or None, meaning "the default")."""
+    if isinstance(value, (bool, np.bool_)) or (optional and value is None):
+        return
+    allowed = "True, False or None" if optional else "True or False"
+    raise TypeError(f"{name} must be {allowed}, got {value!r} ({type(value).__name__}).")
+
+
+def check_seed(name: str, value: Any) -> None:
+    """A seed is a Python int (it is folded into a PRNG key at init)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(
+            f"{name} must be a Python int (the PRNG seed), got {value!r} ({type(value).__name__})."
+        )
+
+
+def check_size(name: str, value: Any, *, minimum: int = 0, what: str = "") -> None:
+    """A count or size is an int >= ``minimum``; ``what`` says what it counts, for the message."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        meaning = f" ({what})" if what else ""
+        raise ValueError(f"{name} must be an int >= {minimum}{meaning}, got {value!r}.")
+
+
+def check_choice(name: str, value: Any, choices: tuple, meaning: str = "") -> None:
+    """``value`` must be one of ``choices``; ``meaning`` explains them, for the message."""
+    if value not in choices:
+        options = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{name} must be one of {options}, got {value!r}. {meaning}".rstrip())
+
+
 def check_beta(name: str, value: Any) -> None:
     """A decay rate must lie in [0, 1): b = 1 would freeze the moving average."""
     if isinstance(value, bool) or not (is_concrete_number(value) or _is_array_like(value)):

@@ -12,10 +12,11 @@ from .._validation import (
     check_float_leaves,
     check_non_negative,
     check_same_shape,
-    is_concrete_number,
+    is_zero,
     require_update_tree,
 )
 from ..formats.base import as_format, init_moment, read_moment, write_moment
+from ._deprecation import renamed_keyword
 
 
 class ScaleByMomentsState(NamedTuple):
@@ -37,7 +38,8 @@ def scale_by_moments(
     *,
     nu_dtype: Any = None,
     infinity_norm: bool = False,
-    eps_inf: Any = 0.0,
+    eps: float | jax.Array = 0.0,
+    eps_inf: float | jax.Array | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Track Adam's moving averages of the gradient and its square.
 
@@ -51,7 +53,7 @@ def scale_by_moments(
     bias correction to it:
 
     .. math::
-        u_t = \max(|g_t| + \varepsilon_\infty, \beta_2 u_{t-1})
+        u_t = \max(|g_t| + \varepsilon, \beta_2 u_{t-1})
 
     Opens the moment segment of a chain: each gradient leaf becomes a
     ``Moments(mu=m_t, nu=v_t, grad=g_t)`` record, which ``bias_correct`` and
@@ -69,15 +71,16 @@ def scale_by_moments(
         parameters' dtype (as ``optax.adam``'s ``mu_dtype``).
       nu_dtype: storage of v, likewise.
       infinity_norm: track u_t (AdaMax) instead of v_t.
-      eps_inf: ε∞, added to |g| inside the max (where ``optax.adamax`` and
+      eps: ε, added to |g| inside the max (where ``optax.adamax`` and
         ``torch.optim.Adamax`` put their eps; Keras adds eps after the max,
         which is ``scale_by_rsqrt``'s eps). Needs ``infinity_norm=True``.
+      eps_inf: deprecated name of ``eps`` (warns; removed in the next release).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` with ``ScaleByMomentsState``.
 
     Raises:
-      ValueError: ``eps_inf`` without ``infinity_norm=True``.
+      ValueError: ``eps`` without ``infinity_norm=True``.
 
     Example:
       >>> import adamx, jax.numpy as jnp
@@ -92,12 +95,14 @@ def scale_by_moments(
     """
     check_beta("b1", b1)
     check_beta("b2", b2)
-    check_non_negative("eps_inf", eps_inf)
+    eps_name = "eps" if eps_inf is None else "eps_inf"  # errors name the keyword passed
+    eps = renamed_keyword("scale_by_moments", "eps_inf", eps_inf, "eps", eps, 0.0)
+    check_non_negative(eps_name, eps)
     if not isinstance(infinity_norm, bool):
         raise TypeError(f"infinity_norm must be True or False, got {infinity_norm!r}.")
-    if not infinity_norm and not (is_concrete_number(eps_inf) and eps_inf == 0):
+    if not infinity_norm and not is_zero(eps):
         raise ValueError(
-            f"eps_inf={eps_inf!r} is the epsilon of AdaMax's infinity norm and needs "
+            f"{eps_name}={eps!r} is the epsilon of AdaMax's infinity norm and needs "
             "infinity_norm=True. For Adam's eps, use scale_by_rsqrt(eps=...)."
         )
     record = InfNormMoments if infinity_norm else Moments
@@ -119,7 +124,7 @@ def scale_by_moments(
         check_same_shape(stage, path, g, v, "gradient")
         mu = (1 - b1) * _widened(g, m) + b1 * m
         if infinity_norm:
-            nu = jnp.maximum(jnp.abs(g) + eps_inf, b2 * v)
+            nu = jnp.maximum(jnp.abs(g) + eps, b2 * v)
         else:
             nu = (1 - b2) * abs_sq(g.astype(jnp.promote_types(g.dtype, v.dtype))) + b2 * v
         mu_new = mu_format.encode(mu, mu_stored, mu_key)

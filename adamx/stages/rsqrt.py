@@ -8,6 +8,7 @@ import optax
 
 from .._types import InfNormMoments, Moments, map_moments
 from .._validation import check_beta, check_non_negative, is_concrete_number, require_moment_tree
+from ._deprecation import renamed_keyword
 
 
 class ScaleByRsqrtState(NamedTuple):
@@ -16,15 +17,15 @@ class ScaleByRsqrtState(NamedTuple):
     count: jax.Array  # shape=(), int32: steps taken, saturating at 2**31 - 1
 
 
-def _check_options(b2, epsilon_hat, rectify_threshold) -> None:
+def _check_options(b2, epsilon_hat, threshold, threshold_name="threshold") -> None:
     if not isinstance(epsilon_hat, bool):
         raise TypeError(f"epsilon_hat must be True or False, got {epsilon_hat!r}.")
-    if rectify_threshold is not None:
-        check_non_negative("rectify_threshold", rectify_threshold)
-    uses_b2 = epsilon_hat or rectify_threshold is not None
+    if threshold is not None:
+        check_non_negative(threshold_name, threshold)
+    uses_b2 = epsilon_hat or threshold is not None
     if uses_b2 and b2 is None:
         raise ValueError(
-            "epsilon_hat and rectify_threshold depend on the step through 1 - b2**t: pass "
+            f"epsilon_hat and {threshold_name} depend on the step through 1 - b2**t: pass "
             "b2 (the second-moment decay given to scale_by_moments), e.g. scale_by_rsqrt("
             "1e-8, b2=0.999, epsilon_hat=True)."
         )
@@ -32,7 +33,7 @@ def _check_options(b2, epsilon_hat, rectify_threshold) -> None:
         check_beta("b2", b2)
         if not uses_b2:
             raise ValueError(
-                "scale_by_rsqrt uses b2 only for epsilon_hat=True or rectify_threshold=...; "
+                "scale_by_rsqrt uses b2 only for epsilon_hat=True or threshold=...; "
                 "pass one of them, or drop b2."
             )
 
@@ -52,7 +53,8 @@ def scale_by_rsqrt(
     *,
     b2: Any = None,
     epsilon_hat: bool = False,
-    rectify_threshold: Any = None,
+    threshold: float | jax.Array | None = None,
+    rectify_threshold: float | jax.Array | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Scale the first moment by the inverse root of the second.
 
@@ -70,7 +72,7 @@ def scale_by_rsqrt(
     Kingma & Ba's "ε̂" form) do:
     :math:`u_t = \hat m_t / (\sqrt{\hat v_t} + \varepsilon / \sqrt{1-\beta_2^t})`.
 
-    ``rectify_threshold=τ`` rectifies the variance (RAdam), with
+    ``threshold=τ`` rectifies the variance (RAdam), with
     :math:`\rho_\infty = 2/(1-\beta_2) - 1` and
     :math:`\rho_t = \rho_\infty - 2t\beta_2^t/(1-\beta_2^t)`:
 
@@ -85,15 +87,16 @@ def scale_by_rsqrt(
       eps_root: added under the root; a small positive value keeps the
         derivative of the update finite when differentiating through it (>= 0).
       b2: the second-moment decay of ``scale_by_moments``; needed (only) by
-        ``epsilon_hat`` and ``rectify_threshold``, which then keep a step count.
+        ``epsilon_hat`` and ``threshold``, which then keep a step count.
       epsilon_hat: add ε to the uncorrected root (Keras, torch's RAdam).
-      rectify_threshold: τ of RAdam (optax and torch use 5); None: no rectification.
+      threshold: τ of RAdam (optax and torch use 5); None: no rectification.
+      rectify_threshold: deprecated name of ``threshold`` (warns; removed in the next release).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``, stateless unless ``b2`` is given.
 
     Raises:
-      ValueError: ``epsilon_hat``/``rectify_threshold`` without ``b2`` (or the
+      ValueError: ``epsilon_hat``/``threshold`` without ``b2`` (or the
         reverse); at trace time, these options or ``eps_root`` with an
         infinity-norm record.
 
@@ -103,7 +106,11 @@ def scale_by_rsqrt(
     """
     check_non_negative("eps", eps)
     check_non_negative("eps_root", eps_root)
-    _check_options(b2, epsilon_hat, rectify_threshold)
+    threshold_name = "threshold" if rectify_threshold is None else "rectify_threshold"
+    threshold = renamed_keyword(
+        "scale_by_rsqrt", "rectify_threshold", rectify_threshold, "threshold", threshold, None
+    )
+    _check_options(b2, epsilon_hat, threshold, threshold_name)
     counted = b2 is not None
 
     def init_fn(params):
@@ -112,7 +119,7 @@ def scale_by_rsqrt(
 
     def adaptive(m: Moments, eps_t: Any, r: Any):
         if isinstance(m, InfNormMoments):
-            _check_inf_norm(eps_root, epsilon_hat, rectify_threshold)
+            _check_inf_norm(eps_root, epsilon_hat, threshold)
             return m.mu / (m.nu + eps)
         eps_m = eps_t if isinstance(eps_t, (int, float)) else eps_t.astype(m.nu.dtype)
         mu = m.mu if r is None else r.astype(m.mu.dtype) * m.mu
@@ -127,25 +134,25 @@ def scale_by_rsqrt(
             ), state
         t = optax.safe_increment(state.count)
         eps_t = eps / jnp.sqrt(1 - b2**t) if epsilon_hat else eps
-        if rectify_threshold is None:
+        if threshold is None:
             step = lambda m: adaptive(m, eps_t, None)  # noqa: E731
         else:
             rho, r = _rectification(b2, t)
-            step = lambda m: jnp.where(rho >= rectify_threshold, adaptive(m, eps_t, r), m.mu)  # noqa: E731
+            step = lambda m: jnp.where(rho >= threshold, adaptive(m, eps_t, r), m.mu)  # noqa: E731
         return map_moments(lambda m: step(m).astype(m.grad.dtype), updates), ScaleByRsqrtState(t)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _check_inf_norm(eps_root, epsilon_hat, rectify_threshold) -> None:
-    if epsilon_hat or rectify_threshold is not None:
+def _check_inf_norm(eps_root, epsilon_hat, threshold) -> None:
+    if epsilon_hat or threshold is not None:
         raise ValueError(
-            "scale_by_rsqrt: epsilon_hat and rectify_threshold assume a mean-square second "
+            "scale_by_rsqrt: epsilon_hat and threshold assume a mean-square second "
             "moment, but scale_by_moments(infinity_norm=True) tracks an infinity norm (AdaMax). "
             "Drop these options, or use the default second moment."
         )
     if not (is_concrete_number(eps_root) and eps_root == 0):
         raise ValueError(
             f"scale_by_rsqrt: eps_root={eps_root!r} goes under a root, but an infinity-norm "
-            "second moment (AdaMax) is used without one. Use eps (or scale_by_moments' eps_inf)."
+            "second moment (AdaMax) is used without one. Use eps (or scale_by_moments' eps)."
         )

@@ -5,7 +5,6 @@ from .amsgrad import running_max_nu as running_max_nu
 from .bias_correction import BiasCorrectState as BiasCorrectState
 from .bias_correction import MomentumScheduleState as MomentumScheduleState
 from .bias_correction import bias_correct as bias_correct
-from .coupled import add_coupled_weight_decay as add_coupled_weight_decay
 from .learning_rate import scale_by_lr as scale_by_lr
 from .low_precision import KahanState as KahanState
 from .low_precision import StochasticRoundingState as StochasticRoundingState
@@ -16,4 +15,5 @@ from .moments import scale_by_moments as scale_by_moments
 from .rsqrt import ScaleByRsqrtState as ScaleByRsqrtState
 from .rsqrt import scale_by_rsqrt as scale_by_rsqrt
 from .weight_decay import PackedMaskedState as PackedMaskedState
+from .weight_decay import add_coupled_weight_decay as add_coupled_weight_decay
 from .weight_decay import add_decoupled_weight_decay as add_decoupled_weight_decay

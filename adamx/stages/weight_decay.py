@@ -1,34 +1,65 @@
-"""``add_decoupled_weight_decay``: AdamW's λ·θ, added after the adaptive scaling."""
+"""Weight decay, both kinds: coupled L2 (before the moments) and AdamW's decoupled λ·θ (after).
 
-import functools
-import sys
-from collections.abc import Callable
-from typing import Any, NamedTuple
+Both add λ_t·θ_{t-1} to the tree they are given, on the leaves a mask selects
+(``_masked_decay``); they differ in where they sit in the chain, and decoupled decay
+may be divided by the learning rate's peak α̂ (fully decoupled).
+"""
+
+from typing import Any
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 import optax
 
-from .._masks import check_not_masked_packed, contains_packed, resolve_mask
-from .._rates import current_rate, init_rate_state
-from .._types import PyTree
-from .._validation import (
-    check_scalar_or_schedule,
-    flatten_like_updates,
-    is_concrete_number,
-    require_params,
-    require_update_tree,
-)
+from .._validation import check_flag, check_scalar_or_schedule, is_concrete_number
+from ._masked_decay import Mask as Mask
+from ._masked_decay import PackedMaskedState as PackedMaskedState
+from ._masked_decay import masked_decay
 
-Mask = PyTree | Callable[[PyTree], PyTree]
+
+def add_coupled_weight_decay(
+    weight_decay: optax.ScalarOrSchedule = 1e-4,
+    mask: Mask | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Add λ·θ to the gradient: the gradient of the L2 penalty :math:`\lambda\|\theta\|^2/2`.
+
+    .. math::
+        g_t \leftarrow g_t + \lambda_t \, \theta_{t-1}
+
+    Place it *before* ``scale_by_moments``: the decay then enters the moments
+    and is divided by :math:`\sqrt{\hat v}` like any gradient. This is the
+    ``weight_decay`` of ``torch.optim.Adam``, ``NAdam``, ``RAdam`` and ``Adamax``
+    (and ``adamx.adam(..., weight_decay=λ)``); for AdamW's decoupled decay use
+    ``add_decoupled_weight_decay`` after ``scale_by_rsqrt`` instead.
+
+    Args:
+      weight_decay: λ, a non-negative number or a schedule ``step -> λ_t``.
+      mask: which leaves decay: a pytree of bools, a callable of the params,
+        or ``adamx.path_mask(...)``. None decays every leaf.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
+
+    Example:
+      >>> import adamx, optax
+      >>> torch_adam_l2 = optax.chain(  # torch.optim.Adam(lr=1e-3, weight_decay=1e-2)
+      ...     adamx.add_coupled_weight_decay(1e-2), adamx.scale_by_moments(0.9, 0.999),
+      ...     adamx.bias_correct(0.9, 0.999), adamx.scale_by_rsqrt(1e-8), adamx.scale_by_lr(1e-3))
+
+    References:
+      Loshchilov & Hutter, "Decoupled Weight Decay Regularization", arXiv:1711.05101
+      (section 2 contrasts the two).
+    """
+    check_scalar_or_schedule("weight_decay", weight_decay)
+    return masked_decay("add_coupled_weight_decay", weight_decay, mask)
 
 
 def add_decoupled_weight_decay(
-    weight_decay: Any = 1e-4,
+    weight_decay: optax.ScalarOrSchedule = 1e-4,
     mask: Mask | None = None,
     *,
-    peak_learning_rate: Any = None,
+    fully_decoupled: bool | None = None,
+    peak_learning_rate: float | jax.Array | None = None,
+    learning_rate: optax.ScalarOrSchedule | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Add the decayed parameters to the (already adaptive) update.
 
@@ -42,8 +73,8 @@ def add_decoupled_weight_decay(
 
     *Fully decoupled* weight decay (Loshchilov & Hutter, section 3) makes the
     decay follow the learning-rate schedule's shape but not its peak
-    :math:`\hat\alpha`: with ``peak_learning_rate`` the stage adds
-    :math:`(\lambda_t/\hat\alpha)\,\theta_{t-1}`, so that after ``scale_by_lr``
+    :math:`\hat\alpha`: the stage adds :math:`(\lambda_t/\hat\alpha)\,\theta_{t-1}`,
+    so that after ``scale_by_lr``
 
     .. math::
         \Delta\theta_t = -\alpha_t u_t - \frac{\alpha_t}{\hat\alpha} \lambda_t \theta_{t-1}
@@ -57,9 +88,14 @@ def add_decoupled_weight_decay(
         (or a prefix of it), or a callable ``params -> such a pytree`` (see
         ``adamx.path_mask`` to decide by the leaf's path).
         None decays every leaf.
-      peak_learning_rate: :math:`\hat\alpha` > 0 for fully decoupled decay
-        (the peak of the schedule given to ``scale_by_lr``); None: decoupled
-        (AdamW), the decay scales with α_t.
+      fully_decoupled: divide the decay by α̂. None (the default): fully
+        decoupled exactly when ``peak_learning_rate`` is given.
+      peak_learning_rate: :math:`\hat\alpha` > 0, the peak of the schedule
+        given to ``scale_by_lr``. Default with ``fully_decoupled=True``: a
+        constant ``learning_rate``.
+      learning_rate: the chain's α (what ``scale_by_lr`` gets); a number
+        stands in for ``peak_learning_rate``, a schedule cannot. The aliases
+        pass theirs; unused unless the decay is fully decoupled.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
@@ -68,98 +104,71 @@ def add_decoupled_weight_decay(
       >>> import adamx, jax
       >>> decay_matrices = adamx.add_decoupled_weight_decay(
       ...     1e-2, mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p))
+      >>> fully = adamx.add_decoupled_weight_decay(1e-4, peak_learning_rate=3e-4)
 
     References:
       Loshchilov & Hutter, "Decoupled Weight Decay Regularization", arXiv:1711.05101.
     """
     check_scalar_or_schedule("weight_decay", weight_decay)
-    rate = relative_to_peak(weight_decay, peak_learning_rate)
-    return add_weight_decay_stage("add_decoupled_weight_decay", rate, mask)
+    peak = _peak(fully_decoupled, peak_learning_rate, learning_rate)
+    rate = weight_decay if peak is None else _divided(weight_decay, peak)
+    return masked_decay("add_decoupled_weight_decay", rate, mask)
 
 
-def relative_to_peak(weight_decay: Any, peak_learning_rate: Any) -> Any:
-    """λ_t / α̂ (a number or a schedule), or λ_t itself when ``peak_learning_rate`` is None."""
-    if peak_learning_rate is None:
-        return weight_decay
-    check_scalar_or_schedule("peak_learning_rate", peak_learning_rate)
-    if callable(peak_learning_rate) or (
-        is_concrete_number(peak_learning_rate) and peak_learning_rate <= 0
-    ):
+def _peak(fully_decoupled: Any, peak_learning_rate: Any, learning_rate: Any) -> Any:
+    """α̂ of fully decoupled decay (the user's peak, else a constant learning rate), or None."""
+    check_flag("fully_decoupled", fully_decoupled, optional=True)
+    if fully_decoupled is None:
+        fully_decoupled = peak_learning_rate is not None
+    if not fully_decoupled:
+        if peak_learning_rate is not None:
+            raise ValueError(
+                "peak_learning_rate is used only by fully decoupled weight decay: pass "
+                "fully_decoupled=True with it, or drop it."
+            )
+        return None
+    if peak_learning_rate is not None:
+        _check_peak(
+            "peak_learning_rate",
+            peak_learning_rate,
+            "it is the peak α̂ of the learning-rate schedule, which fully decoupled decay "
+            "divides by.",
+        )
+        return peak_learning_rate
+    if callable(learning_rate):
         raise ValueError(
-            f"peak_learning_rate must be a number > 0, got {peak_learning_rate!r}: it is the "
-            "peak α̂ of the learning-rate schedule, which fully decoupled decay divides by."
+            "fully_decoupled=True with a learning-rate schedule needs peak_learning_rate=α̂, "
+            "the schedule's peak: the decay per step is weight_decay * α_t / α̂."
         )
-    if callable(weight_decay):
-        return lambda count: weight_decay(count) / peak_learning_rate
-    return weight_decay / peak_learning_rate
-
-
-class PackedMaskedState(NamedTuple):
-    """State of a masked weight-decay stage on params holding a ``PackedTree``.
-
-    On a plain tree the stage keeps ``optax.MaskedState`` (the state of ``optax.adamw(mask=...)``);
-    on packed params the mask is resolved per element of each bucket, not by ``optax.masked``,
-    and this distinct type lets ``multi_tensor`` tell it from a user's ``optax.masked``.
-    """
-
-    inner_state: Any  # the rate's state: EmptyState, or ScheduleState for a schedule
-
-
-def add_weight_decay_stage(stage: str, weight_decay: Any, mask: Mask | None):
-    r"""u + λ_t θ on every unmasked element; ``stage`` names it in error messages.
-
-    .. math::
-        u_i \leftarrow u_i + [\text{mask}_i] \, \lambda_t \, \theta_i
-
-    The mask is resolved against the params' paths, those of the original tree when
-    the params are packed (``_masks.resolve_mask``): inside a bucket it is a static
-    per-element constant, so the decayed elements get exactly the per-leaf ``u + λθ``.
-    """
-
-    def init_fn(params):
-        rate_state = init_rate_state(weight_decay)
-        if isinstance(params, _PLACEHOLDER):  # optax.tree_map_params probes the state's shape
-            return rate_state if mask is None else optax.MaskedState(inner_state=rate_state)
-        check_not_masked_packed(stage, params)
-        if mask is None:
-            return rate_state
-        resolve_mask(stage, mask, params)  # refuse a mask that does not fit, at init
-        packed = contains_packed(params)
-        return (PackedMaskedState if packed else optax.MaskedState)(inner_state=rate_state)
-
-    def update_fn(updates, state, params=None, **extra_args):
-        del extra_args
-        require_params(stage, params)
-        require_update_tree(stage, updates)
-        check_not_masked_packed(stage, updates)
-        rate_state = state if mask is None else state.inner_state
-        decay, rate_state = current_rate(weight_decay, rate_state)
-        state = rate_state if mask is None else type(state)(inner_state=rate_state)
-        if isinstance(decay, (int, float)) and decay == 0:
-            return updates, state  # exactly u, even where θ is inf or nan
-        leaves, treedef = jax.tree.flatten(updates)
-        thetas = flatten_like_updates(stage, updates, params, "params")
-        flags = (
-            [True] * len(leaves)
-            if mask is None
-            else treedef.flatten_up_to(resolve_mask(stage, mask, updates))
+    if learning_rate is None:
+        raise ValueError(
+            "fully_decoupled=True needs peak_learning_rate=α̂, the peak of the learning rate "
+            "given to scale_by_lr (or learning_rate=α when it is constant): the decay per "
+            "step is weight_decay * α_t / α̂."
         )
-        decayed = map(functools.partial(_decay_leaf, decay=decay), leaves, thetas, flags)
-        return treedef.unflatten(list(decayed)), state
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def _decay_leaf(u: jax.Array, theta: jax.Array, flag: Any, decay: Any) -> jax.Array:
-    """u + λ·θ where ``flag`` (a bool, or a static bool array over a bucket) says so."""
-    if not isinstance(flag, np.ndarray) or flag.ndim == 0:
-        if not flag:
-            return u
-        # A scheduled λ_t is float32: u + λ_t·θ is formed in float32 and rounded once.
-        return (u + decay * theta).astype(u.dtype)
-    return jnp.where(flag, (u + decay * theta).astype(u.dtype), u)
+    _check_peak(
+        "learning_rate",
+        learning_rate,
+        "with fully_decoupled=True and no peak_learning_rate, the learning rate is the peak "
+        "α̂ that the decay divides by. Pass peak_learning_rate=α̂ > 0 (the peak of the "
+        "schedule), or a learning_rate > 0.",
+    )
+    return learning_rate
 
 
-# optax.tree_map_params calls init with this placeholder instead of params (optax.masked
-# special-cases it the same way); () if a future optax moves it: isinstance(x, ()) is False.
-_PLACEHOLDER = getattr(sys.modules.get(optax.tree_map_params.__module__), "_ParamsPlaceholder", ())
+def _check_peak(name: str, value: Any, why: str) -> None:
+    """α̂ must be a number > 0; ``why`` explains. (A validator that belongs in _validation.py.)"""
+    check_scalar_or_schedule(name, value)
+    if callable(value) or (is_concrete_number(value) and value <= 0):
+        raise ValueError(f"{name} must be a number > 0, got {value!r}: {why}")
+
+
+def _divided(weight_decay: optax.ScalarOrSchedule, peak: Any) -> optax.ScalarOrSchedule:
+    """λ_t / α̂, a number or a schedule like ``weight_decay``."""
+    if not callable(weight_decay):
+        return weight_decay / peak
+
+    def relative(count: jax.Array) -> jax.Array:
+        return weight_decay(count) / peak
+
+    return relative

@@ -1,0 +1,91 @@
+"""The stage both weight decays build on: u + λ_t·θ on the leaves (or elements) a mask selects."""
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from .._masks import check_not_masked_packed, contains_packed, resolve_mask
+from .._rates import current_rate, init_rate_state
+from .._types import PyTree
+from .._validation import flatten_like_updates, is_zero, require_params, require_update_tree
+
+Mask = PyTree | Callable[[PyTree], PyTree]
+
+
+class PackedMaskedState(NamedTuple):
+    """State of a masked weight-decay stage on params holding a ``PackedTree``.
+
+    On a plain tree the stage keeps ``optax.MaskedState`` (the state of ``optax.adamw(mask=...)``);
+    on packed params the mask is resolved per element of each bucket, not by ``optax.masked``,
+    and this distinct type lets ``multi_tensor`` tell it from a user's ``optax.masked``.
+    """
+
+    inner_state: Any  # the rate's state: EmptyState, or ScheduleState for a schedule
+
+
+def masked_decay(
+    stage: str, weight_decay: Any, mask: Mask | None
+) -> optax.GradientTransformationExtraArgs:
+    r"""u + λ_t θ on every unmasked element; ``stage`` names it in error messages.
+
+    .. math::
+        u_i \leftarrow u_i + [\text{mask}_i] \, \lambda_t \, \theta_i
+
+    The mask is resolved against the params' paths, those of the original tree when
+    the params are packed (``_masks.resolve_mask``): inside a bucket it is a static
+    per-element constant, so the decayed elements get exactly the per-leaf ``u + λθ``.
+    """
+
+    def init_fn(params):
+        rate_state = init_rate_state(weight_decay)
+        if isinstance(params, _PLACEHOLDER):  # optax.tree_map_params probes the state's shape
+            return rate_state if mask is None else optax.MaskedState(inner_state=rate_state)
+        check_not_masked_packed(stage, params)
+        if mask is None:
+            return rate_state
+        resolve_mask(stage, mask, params)  # refuse a mask that does not fit, at init
+        packed = contains_packed(params)
+        return (PackedMaskedState if packed else optax.MaskedState)(inner_state=rate_state)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args
+        require_params(stage, params)
+        require_update_tree(stage, updates)
+        check_not_masked_packed(stage, updates)
+        rate_state = state if mask is None else state.inner_state
+        decay, rate_state = current_rate(weight_decay, rate_state)
+        state = rate_state if mask is None else type(state)(inner_state=rate_state)
+        if is_zero(decay):
+            return updates, state  # exactly u, even where θ is inf or nan
+        leaves, treedef = jax.tree.flatten(updates)
+        thetas = flatten_like_updates(stage, updates, params, "params")
+        flags = (
+            [True] * len(leaves)
+            if mask is None
+            else treedef.flatten_up_to(resolve_mask(stage, mask, updates))
+        )
+        decayed = map(functools.partial(_decay_leaf, decay=decay), leaves, thetas, flags)
+        return treedef.unflatten(list(decayed)), state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _decay_leaf(u: jax.Array, theta: jax.Array, flag: Any, decay: Any) -> jax.Array:
+    """u + λ·θ where ``flag`` (a bool, or a static bool array over a bucket) says so."""
+    if not isinstance(flag, np.ndarray) or flag.ndim == 0:
+        if not flag:
+            return u
+        # A scheduled λ_t is float32: u + λ_t·θ is formed in float32 and rounded once.
+        return (u + decay * theta).astype(u.dtype)
+    return jnp.where(flag, (u + decay * theta).astype(u.dtype), u)
+
+
+# optax.tree_map_params calls init with this placeholder instead of params (optax.masked
+# special-cases it the same way); () if a future optax moves it: isinstance(x, ()) is False.
+_PLACEHOLDER = getattr(sys.modules.get(optax.tree_map_params.__module__), "_ParamsPlaceholder", ())

@@ -1,10 +1,10 @@
-"""The Adam family: each alias a visible ``optax.chain`` of stages."""
+"""The Adam family: each alias a visible ``optax.chain`` of stages, one file per family member."""
 
 from .adam import adam as adam
 from .adam import adamw as adamw
-from .family import adamax as adamax
-from .family import adamaxw as adamaxw
-from .family import amsgrad as amsgrad
-from .family import nadam as nadam
-from .family import nadamw as nadamw
-from .family import radam as radam
+from .adamax import adamax as adamax
+from .adamax import adamaxw as adamaxw
+from .amsgrad import amsgrad as amsgrad
+from .nadam import nadam as nadam
+from .nadam import nadamw as nadamw
+from .radam import radam as radam

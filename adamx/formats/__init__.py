@@ -1,12 +1,62 @@
-"""Moment formats: how a moment is kept between steps (float, stochastic float, 8-bit)."""
+"""Moment formats: how a moment is kept between steps (float, stochastic float, 8-bit).
 
-from .base import Blockwise8bit as Blockwise8bit
-from .base import FloatFormat as FloatFormat
-from .base import MomentFormat as MomentFormat
-from .base import StochasticFloat as StochasticFloat
-from .base import StochasticFloatFormat as StochasticFloatFormat
-from .base import StochasticFloatMoment as StochasticFloatMoment
-from .base import blockwise_8bit as blockwise_8bit
-from .base import stochastic_float as stochastic_float
-from .codec import QuantizedArray as QuantizedArray
-from .codec import QuantizedMoment as QuantizedMoment
+- ``protocol``: ``MomentFormat``, what a format implements, and ``MomentRecord``,
+  the base of a multi-array state record;
+- ``float``: ``FloatFormat``, one float array per leaf (the default; optax's ``mu_dtype``);
+- ``stochastic``: ``stochastic_float``, a narrow float rounded stochastically;
+- ``blockwise`` / ``blockwise_options``: ``blockwise_8bit``, 8-bit codes and block scales;
+- ``codec`` (blocks and scales) and ``qmaps`` (the 8-bit maps): the 8-bit arithmetic;
+- ``rounding`` and ``random_bits``: stochastic rounding and its cheap random bits;
+- ``base``: what the stages call (``as_format``, ``init_moment``, ``read_moment``,
+  ``write_moment``); ``leaves``: leaf positions through ``adamx.pack``.
+"""
+
+import sys
+import warnings
+
+from .blockwise import Blockwise8bit as Blockwise8bit
+from .blockwise import QuantizedMoment as QuantizedMoment
+from .blockwise_options import blockwise_8bit as blockwise_8bit
+from .float import FloatFormat as FloatFormat
+from .protocol import MomentFormat as MomentFormat
+from .protocol import MomentRecord as MomentRecord
+from .stochastic import StochasticFloatFormat as StochasticFloatFormat
+from .stochastic import StochasticFloatMoment as StochasticFloatMoment
+from .stochastic import stochastic_float as stochastic_float
+
+RENAMED = {"QuantizedArray": "QuantizedMoment", "StochasticFloat": "StochasticFloatMoment"}
+"""Deprecated public names (one release) and the names that replace them."""
+
+
+def renamed(name: str, *, stacklevel: int = 2) -> type:
+    """The class once public as ``name``, after a DeprecationWarning naming its new name.
+
+    ``stacklevel`` counts from the caller of ``renamed`` (a module ``__getattr__``: 2
+    points at the code that read the old name).
+    """
+    new = RENAMED[name]
+    warnings.warn(
+        f"adamx.{name} is deprecated and will be removed in the next release: it is now "
+        f"adamx.{new} (the same class; only the name changed).",
+        DeprecationWarning,
+        stacklevel=stacklevel + 1,
+    )
+    return globals()[new]
+
+
+def __getattr__(name: str) -> type:
+    if name in RENAMED:
+        if _adamx_importing():
+            return globals()[RENAMED[name]]
+        return renamed(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _adamx_importing() -> bool:
+    """True while ``adamx/__init__.py`` runs (it sets ``__version__`` last).
+
+    Transitional: ``adamx/__init__.py`` still imports the deprecated names eagerly;
+    delete this function and its call when it reads them through its own module
+    ``__getattr__`` (``renamed``) instead.
+    """
+    return getattr(sys.modules.get("adamx"), "__version__", None) is None

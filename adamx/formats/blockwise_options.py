@@ -1,0 +1,127 @@
+"""``blockwise_8bit(...)``: the user's constructor of the 8-bit format, and its checks."""
+
+from .._validation import check_flag, check_seed, check_size
+from .blockwise import Blockwise8bit
+from .qmaps import is_float_map, resolve_qmap
+
+
+def blockwise_8bit(
+    signed: bool | None = None,
+    *,
+    block_size: int = 256,
+    min_size: int = 4096,
+    qmap: str = "float",
+    sqrt: bool = False,
+    stochastic: bool | None = None,
+    seed: int = 0,
+) -> Blockwise8bit:
+    r"""A moment format of 8-bit codes with one scale per block (about 1 byte/param).
+
+    .. math::
+        \tilde x_i = q_{c_i} \, s_b, \qquad c_i = \operatorname{round}_q(x_i / s_b)
+
+    The default ``qmap="float"`` is a small float: for y = x/s in [-1, 1] the code
+    keeps the float32 bits of |y| rounded to M fraction bits (E4M3 plus a sign
+    for m; E4M4 for v), 1.0 being the top code:
+
+    .. math::
+        q = (1 + f / 2^M)\, 2^{-e}, \quad f < 2^M, \qquad
+        |\tilde y - y| \le 2^{-M-1} |y| \ \ (y \ge q_{\min}), \qquad
+        s_b = 2^{\lfloor \log_2 \max_{i \in b} |x_i| \rfloor + 1}
+
+    so encoding and decoding are a few integer operations (a shift, an add, a bit
+    cast), and the power-of-two block scale makes x/s exact. ``"dynamic"``
+    (Dettmers' dynamic tree, values down to 1e-7 of the block's absmax) and
+    ``"linear"`` keep the absmax scale and nearest rounding; ``"e<E>m<M>"`` picks
+    another float split.
+
+    The format follows the moment it stores: passed as ``mu_dtype`` it is signed
+    (m), as ``nu_dtype`` unsigned (v, and AMSGrad's maximum); an explicit
+    ``signed`` that contradicts the moment is refused. Stochastic rounding
+    (``stochastic``; float maps only) rounds to one of the two neighbouring map
+    values with probabilities that make it unbiased, E[x̃] = x. It matters for v:
+    β2 = 0.999 moves v by 0.1% per step, far below half a code step, so rounded to
+    nearest v would freeze (as a bfloat16 v does); and for m: rounded to nearest,
+    a steady m sits up to half a step (6%) off its target for good. The default
+    (None) rounds both stochastically on float maps. The state keeps one 8-byte key
+    per moment, split at every step; every leaf and moment gets its own noise.
+
+    Blocks are ``block_size`` consecutive elements of the last axis (the whole
+    axis if shorter; a ragged last block is zero-padded), so the codes have the
+    parameter's leading axes and a block never crosses a shard boundary.
+    Parameters with fewer than ``min_size`` elements keep a float32 moment, as
+    bitsandbytes does. A NaN element decodes as NaN on its own and +inf in v (an
+    overflowed g²) as +inf; the rest of the block keeps a scale taken over the
+    finite values.
+
+    Args:
+      signed: None (default: follow the moment), True (m) or False (v).
+      block_size: elements per block, a power of two (default 256).
+      min_size: parameters smaller than this stay float32 (default 4096).
+      qmap: the 8-bit map: ``"float"`` (E4M3 signed, E4M4 unsigned), a float
+        split ``"e<E>m<M>"`` (E + M = 7 signed, 8 unsigned), ``"dynamic"``
+        (dynamic tree, Dettmers et al.) or ``"linear"``.
+      sqrt: store sqrt(x) instead of x (the second moment only): halves the dynamic
+        range the map must cover, and rounding errors land on sqrt(v), which is what
+        Adam divides by.
+      stochastic: round stochastically (True), to nearest (False), or None:
+        stochastically on float maps, to nearest on the others.
+      seed: seed of the stochastic-rounding key.
+
+    Returns:
+      A ``Blockwise8bit`` format for ``mu_dtype`` / ``nu_dtype``.
+
+    Example:
+      >>> import adamx
+      >>> tx = adamx.adam(1e-3, mu_dtype=adamx.blockwise_8bit(), nu_dtype=adamx.blockwise_8bit())
+
+    References:
+      Dettmers et al., "8-bit Optimizers via Block-wise Quantization", arXiv:2110.02861;
+      Micikevicius et al., "FP8 Formats for Deep Learning", arXiv:2209.05433;
+      Rouhani et al., "Microscaling Data Formats for Deep Learning", arXiv:2310.10537.
+    """
+    check_flag("signed", signed, optional=True)
+    _check_power_of_two(
+        "block_size",
+        block_size,
+        "(such as 64, 256 or 2048)",
+        "Blocks are cut along the last axis; a power of two divides the per-device length "
+        "of a sharded axis, so blocks never straddle devices.",
+    )
+    check_size("min_size", min_size, minimum=0, what="elements")
+    _check_qmap(qmap, signed)
+    check_flag("sqrt", sqrt)
+    if sqrt and signed:
+        raise ValueError(
+            "sqrt=True stores the root of a non-negative moment and needs signed=False "
+            "(the second moment v); the first moment m is signed."
+        )
+    check_flag("stochastic", stochastic, optional=True)
+    if stochastic and not is_float_map(qmap):
+        raise ValueError(
+            f'stochastic=True rounds on a float map\'s bit pattern and needs qmap="float" '
+            f'(or "e<E>m<M>"), got qmap={qmap!r}.'
+        )
+    check_seed("seed", seed)
+    fmt = Blockwise8bit(signed, block_size, min_size, qmap, sqrt, stochastic, seed)
+    return fmt if signed is None else fmt.bind("mu" if signed else "nu")
+
+
+def _check_power_of_two(name: str, value: object, examples: str, why: str) -> None:
+    """``value`` must be an int power of two >= 2 (belongs in ``adamx._validation``)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 2 or (value & (value - 1)):
+        raise ValueError(
+            f"{name} must be a power of two >= 2 {examples}, got {value!r}. {why}".rstrip()
+        )
+
+
+def _check_qmap(qmap: object, signed: bool | None) -> None:
+    """``qmap`` must name a map for ``signed``; unbound (None), for one of the two moments
+    (it is checked again when bound)."""
+    if signed is not None:
+        resolve_qmap(qmap, signed)
+        return
+    try:
+        resolve_qmap(qmap, True)
+    except ValueError:
+        resolve_qmap(qmap, False)

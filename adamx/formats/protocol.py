@@ -1,0 +1,137 @@
+"""What a moment format is: the ``MomentFormat`` Protocol and the record base of its state.
+
+To add a format (4-bit codes, a factored second moment, ...), copy the closest
+existing one (``float.py`` for one array per leaf, ``stochastic.py`` for one
+array plus random rounding, ``blockwise.py`` for several arrays per leaf) and
+implement the Protocol below; ``as_format`` (``base.py``) then accepts it as
+``mu_dtype`` / ``nu_dtype`` and the stages store it without further changes.
+"""
+
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import jax
+from jax.typing import DTypeLike
+
+Role = Literal["mu", "nu", "nu_max"]
+ROLES: dict[Role, int] = {"mu": 0, "nu": 1, "nu_max": 2}  # folded into the rounding key
+ARGUMENTS: dict[Role, str] = {"mu": "mu_dtype", "nu": "nu_dtype", "nu_max": "nu_dtype"}
+"""The user's argument that sets each moment's format, for messages."""
+
+StoredLeaf = jax.Array | tuple[jax.Array | None, ...]
+"""A leaf's stored moment: one array, or one entry per name in ``fields``."""
+
+Packed = tuple[tuple[str, int], ...]
+"""The leaves in a bucket of packed leaves: ``((path, size), ...)``."""
+
+FloatDType = DTypeLike | None
+"""A float dtype, or None for the parameter's own dtype."""
+
+
+class MomentRecord:
+    """Base of the state records of formats with ``fields``.
+
+    A record is a frozen dataclass registered as a pytree with data fields
+    ``(*fields, "key", "config")``: one parameter-shaped tree per field (so hosts
+    that wrap every state leaf at a parameter position, such as ``flax.nnx``, see
+    plain arrays), ``key`` (uint32[2] raw PRNG key data, split every step, or None
+    when the format is not ``stochastic``) and ``config`` (``{description:
+    uint8[1]}``: the format's ``describe()`` as a dict key, part of the tree
+    structure and of every checkpoint path, so a state is never read with another
+    configuration).
+    """
+
+    __slots__ = ()
+    key: Any
+    config: Any
+
+    @property
+    def description(self) -> str:
+        """The ``describe()`` of the format that made this state."""
+        return next(iter(self.config))
+
+
+@runtime_checkable
+class MomentFormat(Protocol):
+    """How ``scale_by_moments`` / ``running_max_nu`` store a moment between steps.
+
+    The stage decodes the stored moment before the update and encodes the new one
+    after it, so stages downstream only ever see the decoded float moment. A leaf's
+    stored moment is one array (``fields is None``, e.g. ``FloatFormat``) or a tuple
+    of arrays, one per name in ``fields`` (None where a leaf has no such array; e.g.
+    ``("codes", "scales")``); the latter are kept in the state transposed, as
+    ``record(**{field: tree}, key=..., config=...)`` of parameter-shaped trees.
+
+    Attributes:
+      elementwise: each stored element depends only on the same element of the
+        moment. Such a format stores a packed bucket (``adamx.pack``,
+        ``multi_tensor``) like any leaf; any other format is asked about each
+        bucket through ``init(..., packed=...)``.
+      stochastic: it rounds with random bits: the state then holds one PRNG key per
+        moment, split every step, and ``encode`` gets a distinct key for each leaf
+        (a function of the leaf's position in the user's tree, not of packing).
+      fields: None (the state is a tree of arrays), or the names of a leaf's arrays.
+      record: None, or the ``MomentRecord`` subclass that holds the ``fields``.
+      seed: the seed of the rounding key (read only if ``stochastic``).
+
+    Methods must be pure and jit-safe: ``init``, ``decode`` and ``encode`` run under
+    trace (no host syncs, no value-dependent Python control flow) and must return
+    the same structure, shapes and dtypes at every step, or the update retraces.
+    """
+
+    elementwise: bool
+    stochastic: bool
+    fields: tuple[str, ...] | None
+    record: type[MomentRecord] | None
+    seed: int
+
+    def bind(self, role: Role) -> "MomentFormat":
+        """This format for the moment ``role`` (m: "mu"; v: "nu"; AMSGrad's maximum:
+        "nu_max"). Fills in role-dependent defaults (e.g. signed codes for m), and
+        raises ValueError for a setting that cannot store that moment, naming the
+        user's argument (``protocol.ARGUMENTS[role]``). Called once, at construction."""
+        ...
+
+    def init(self, param: jax.Array, packed: Packed | None = None) -> StoredLeaf:
+        """The stored zero moment of a parameter leaf.
+
+        ``packed``: for a bucket of packed leaves, ``((path, size), ...)`` of the
+        leaves in it; a format that is not elementwise stores it exactly as the
+        per-leaf run stores each of those leaves, or raises ValueError saying how to
+        keep them out of the buckets. A parameter the format cannot store (complex,
+        say) raises TypeError; the stage adds the argument and the leaf's path.
+        """
+        ...
+
+    def decode(self, stored: StoredLeaf, like: jax.Array) -> jax.Array:
+        """The moment as an array shaped like ``like`` (the gradient), to update in."""
+        ...
+
+    def encode(self, value: jax.Array, stored: StoredLeaf, key: jax.Array | None) -> StoredLeaf:
+        """``value`` in the layout and dtypes of ``stored`` (never changing them);
+        ``key``: this leaf's typed PRNG key if ``stochastic``, else None."""
+        ...
+
+    def describe(self) -> str:
+        """The static configuration as one line (the seed excluded): recorded in the
+        state of a record format, compared at every update, shown in errors."""
+        ...
+
+    def partition_specs(
+        self, spec: tuple, shape: tuple[int, ...], axis_sizes: dict[str, int] | None = None
+    ) -> Any:
+        """How a leaf's stored arrays shard, given its parameter's ``PartitionSpec``
+        entries ``spec`` and ``shape``: one spec tuple (``fields is None``) or a tuple
+        with one per field (None: no such array). ``axis_sizes`` (``mesh.shape``), if
+        given, lets the format refuse a layout it cannot follow (ValueError)."""
+        ...
+
+
+def format_gaps(obj: object) -> list[str] | None:
+    """For messages: None if ``obj`` has none of the ``MomentFormat`` methods (it is no
+    attempt at a format), else the members it lacks. A format is identified by
+    ``isinstance(obj, MomentFormat)``; this only says what an incomplete one misses."""
+    methods = [n for n, v in vars(MomentFormat).items() if callable(v) and not n.startswith("_")]
+    if not any(callable(getattr(obj, n, None)) for n in methods):
+        return None
+    lacking = [n for n in methods if not callable(getattr(obj, n, None))]
+    return [n for n in MomentFormat.__annotations__ if not hasattr(obj, n)] + lacking

@@ -17,15 +17,7 @@ from ._validation import check_mask
 
 def path_to_str(path: tuple) -> str:
     """A leaf's path as ``"encoder/layers/0/bias"``: dict keys, attribute names and indices."""
-    parts = []
-    for key in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(key, attr):
-                parts.append(str(getattr(key, attr)))
-                break
-        else:
-            parts.append(str(key))
-    return "/".join(parts)
+    return jax.tree_util.keystr(tuple(path), simple=True, separator="/")
 
 
 def path_mask(predicate: Callable[[str, Any], bool]) -> Callable[[PyTree], PyTree]:
@@ -197,12 +189,14 @@ def check_not_masked_packed(stage: str, tree: PyTree) -> None:
     given; on packed params that is the buckets, not the model's leaves, so a bucket
     would be masked as a whole whatever the leaves in it say.
     """
-    is_node = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731
     for packed in jax.tree.leaves(tree, is_leaf=_is_packed):
-        if _is_packed(packed) and any(
-            is_node(x) for x in jax.tree.leaves((packed.loose, packed.buckets), is_leaf=is_node)
-        ):
+        parts = (packed.loose, packed.buckets) if _is_packed(packed) else ()
+        if any(_is_masked_node(x) for x in jax.tree.leaves(parts, is_leaf=_is_masked_node)):
             raise ValueError(_MASKED_PACKED.format(stage=stage))
+
+
+def _is_masked_node(x: Any) -> bool:
+    return isinstance(x, optax.MaskedNode)
 
 
 _MASKED_PACKED = (

@@ -8,6 +8,7 @@ The record and its packing maths, shared by every layer that meets a packed tree
 import dataclasses
 import functools
 import math
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -17,7 +18,7 @@ import numpy as np
 from ._types import PyTree
 
 
-class _Layout(NamedTuple):
+class Layout(NamedTuple):
     """Which leaf goes where: static, computed from shapes and dtypes alone."""
 
     loose: tuple[int, ...]  # indices of the leaves kept as they are
@@ -27,9 +28,9 @@ class _Layout(NamedTuple):
 class _Spec(NamedTuple):
     """How a tree was packed: static (shapes and dtypes only), so it is pytree metadata."""
 
-    treedef: Any
+    treedef: jax.tree_util.PyTreeDef
     shapes: tuple[tuple[int, ...], ...]  # every leaf's shape, in flattening order
-    layout: _Layout
+    layout: Layout
 
 
 @functools.partial(
@@ -66,17 +67,22 @@ class PackedTree:
         return False
 
 
-def _layout(leaves: list, min_size: int) -> _Layout:
+def plan_layout(leaves: Sequence[Any], min_size: int) -> Layout:
+    """Which leaves to pack: those with fewer than ``min_size`` elements, grouped by dtype."""
     loose, buckets = [], {}
     for i, leaf in enumerate(leaves):
         if np.size(leaf) >= min_size:
             loose.append(i)
         else:
             buckets.setdefault(jnp.result_type(leaf).name, []).append(i)
-    return _Layout(tuple(loose), tuple((k, tuple(v)) for k, v in sorted(buckets.items())))
+    return Layout(tuple(loose), tuple((k, tuple(v)) for k, v in sorted(buckets.items())))
 
 
-def _pack(leaves: list, treedef: Any, layout: _Layout) -> PackedTree:
+def pack_leaves(
+    leaves: Sequence[Any], treedef: jax.tree_util.PyTreeDef, layout: Layout
+) -> PackedTree:
+    """The ``PackedTree`` of ``leaves`` (flattened from ``treedef``) laid out by ``layout``."""
+
     def bucket(indices):
         return jnp.concatenate([jnp.ravel(leaves[i]) for i in indices])
 
@@ -107,7 +113,7 @@ def _unpack_fwd(spec, loose, buckets):
 
 def _unpack_bwd(spec, _, cotangents):
     """The VJP of slicing the buckets is packing the cotangents: one concatenation."""
-    packed = _pack(list(cotangents), spec.treedef, spec.layout)
+    packed = pack_leaves(list(cotangents), spec.treedef, spec.layout)
     return packed.loose, packed.buckets
 
 

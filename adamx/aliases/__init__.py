@@ -1,4 +1,9 @@
-"""The Adam family: each alias a visible ``optax.chain`` of stages, one file per family member."""
+"""The Adam family: each alias a visible ``optax.chain`` of stages, one file per family member.
+
+The signatures mirror optax's aliases parameter for parameter (and torch's or Keras's
+options after them), so each alias repeats its leading parameters on purpose: every
+file reads alone. Shared pieces (``_parts.py``) return stages, never whole chains.
+"""
 
 from .adam import adam as adam
 from .adam import adamw as adamw

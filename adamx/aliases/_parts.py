@@ -34,7 +34,6 @@ def l2_penalty(
 def decoupled(
     weight_decay: optax.ScalarOrSchedule | None,
     mask: Mask | None,
-    *,
     learning_rate: optax.ScalarOrSchedule,
     fully_decoupled: bool,
     peak_learning_rate: float | None,

@@ -5,10 +5,7 @@ import optax
 
 from .._validation import check_flag
 from ..formats import MomentFormat
-from ..stages.bias_correction import bias_correct
-from ..stages.learning_rate import scale_by_lr
-from ..stages.moments import scale_by_moments
-from ..stages.rsqrt import scale_by_rsqrt
+from ..stages import bias_correct, scale_by_lr, scale_by_moments, scale_by_rsqrt
 from ..stages.weight_decay import Mask
 from ._parts import chain, decoupled, l2_penalty
 
@@ -103,12 +100,6 @@ def adamaxw(
         ),
         bias_correct(b1, b2),
         scale_by_rsqrt(0.0 if eps_in_max else eps),
-        decoupled(
-            weight_decay,
-            mask,
-            learning_rate=learning_rate,
-            fully_decoupled=fully_decoupled,
-            peak_learning_rate=peak_learning_rate,
-        ),
+        decoupled(weight_decay, mask, learning_rate, fully_decoupled, peak_learning_rate),
         scale_by_lr(learning_rate),
     )

@@ -5,11 +5,7 @@ import optax
 
 from .._validation import check_choice
 from ..formats import MomentFormat
-from ..stages.amsgrad import running_max_nu
-from ..stages.bias_correction import bias_correct
-from ..stages.learning_rate import scale_by_lr
-from ..stages.moments import scale_by_moments
-from ..stages.rsqrt import scale_by_rsqrt
+from ..stages import bias_correct, running_max_nu, scale_by_lr, scale_by_moments, scale_by_rsqrt
 from ..stages.weight_decay import Mask
 from ._parts import chain, l2_penalty
 

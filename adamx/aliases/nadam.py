@@ -4,10 +4,7 @@ import jax
 import optax
 
 from ..formats import MomentFormat
-from ..stages.bias_correction import bias_correct
-from ..stages.learning_rate import scale_by_lr
-from ..stages.moments import scale_by_moments
-from ..stages.rsqrt import scale_by_rsqrt
+from ..stages import bias_correct, scale_by_lr, scale_by_moments, scale_by_rsqrt
 from ..stages.weight_decay import Mask
 from ._parts import chain, decoupled, l2_penalty
 
@@ -107,12 +104,6 @@ def nadamw(
         scale_by_moments(b1, b2, mu_dtype, nu_dtype=nu_dtype),
         bias_correct(b1, b2, nesterov=True, momentum_decay=momentum_decay),
         scale_by_rsqrt(eps, eps_root),
-        decoupled(
-            weight_decay,
-            mask,
-            learning_rate=learning_rate,
-            fully_decoupled=fully_decoupled,
-            peak_learning_rate=peak_learning_rate,
-        ),
+        decoupled(weight_decay, mask, learning_rate, fully_decoupled, peak_learning_rate),
         scale_by_lr(learning_rate),
     )

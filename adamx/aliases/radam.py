@@ -5,10 +5,7 @@ import optax
 
 from .._validation import check_flag
 from ..formats import MomentFormat
-from ..stages.bias_correction import bias_correct
-from ..stages.learning_rate import scale_by_lr
-from ..stages.moments import scale_by_moments
-from ..stages.rsqrt import scale_by_rsqrt
+from ..stages import bias_correct, scale_by_lr, scale_by_moments, scale_by_rsqrt
 from ..stages.weight_decay import Mask
 from ._parts import chain, decoupled, l2_penalty
 
@@ -72,18 +69,10 @@ def radam(
             "optimizer's decay is coupled (an L2 gradient term) unless "
             "decoupled_weight_decay=True: pass decoupled_weight_decay=True, or drop them."
         )
-    if decoupled_weight_decay:
-        l2, decay = (
-            None,
-            decoupled(
-                weight_decay,
-                mask,
-                learning_rate=learning_rate,
-                fully_decoupled=fully_decoupled,
-                peak_learning_rate=peak_learning_rate,
-            ),
-        )
-    else:
+    if decoupled_weight_decay:  # AdamW's decay, after the adaptive step
+        l2 = None
+        decay = decoupled(weight_decay, mask, learning_rate, fully_decoupled, peak_learning_rate)
+    else:  # torch's default: an L2 term added to the gradient
         l2, decay = l2_penalty(weight_decay, mask), None
     rectified = epsilon_hat or threshold is not None  # then scale_by_rsqrt counts steps, needs b2
     return chain(

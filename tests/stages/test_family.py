@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _promotion import reference, reference_factory, strict
 
 import adamx
 
@@ -55,7 +56,7 @@ def test_amsgrad_placement_gives_torch_or_optax_flavour():
 def test_infinity_norm_and_where_eps_enters():
     eps = 1e-3
     inside = optax.chain(
-        adamx.scale_by_moments(B1, B2, infinity_norm=True, eps_inf=eps),
+        adamx.scale_by_moments(B1, B2, infinity_norm=True, eps=eps),
         adamx.bias_correct(B1, B2),
         adamx.scale_by_rsqrt(0.0),
     )
@@ -91,7 +92,7 @@ def test_rectification_switches_on_at_the_threshold():
     tx = optax.chain(
         adamx.scale_by_moments(B1, B2),
         adamx.bias_correct(B1, B2),
-        adamx.scale_by_rsqrt(1e-8, b2=B2, rectify_threshold=5.0),
+        adamx.scale_by_rsqrt(1e-8, b2=B2, threshold=5.0),
     )
     grads = np.tile(G, (2, 1))  # 8 steps: rho_t < 5 for t <= 5
     rho_inf = 2 / (1 - B2) - 1
@@ -134,21 +135,22 @@ def test_torch_nadam_momentum_schedule():
         (lambda: adamx.bias_correct(nesterov=True, correct_mu=False), ValueError,
          r"nesterov=True corrects the first moment .* correct_mu=False"),
         (lambda: adamx.scale_by_rsqrt(epsilon_hat=True), ValueError,
-         r"epsilon_hat and rectify_threshold depend on the step .* pass b2"),
-        (lambda: adamx.scale_by_rsqrt(rectify_threshold=5.0), ValueError, r"pass b2"),
+         r"epsilon_hat and threshold depend on the step .* pass b2"),
+        (lambda: adamx.scale_by_rsqrt(threshold=5.0), ValueError, r"pass b2"),
         (lambda: adamx.scale_by_rsqrt(b2=0.999), ValueError,
-         r"uses b2 only for epsilon_hat=True or rectify_threshold"),
-        (lambda: adamx.scale_by_moments(eps_inf=1e-8), ValueError,
-         r"eps_inf=1e-08 is the epsilon of AdaMax's infinity norm and needs infinity_norm=True"),
+         r"uses b2 only for epsilon_hat=True or threshold"),
+        (lambda: adamx.scale_by_moments(eps=1e-8), ValueError,
+         r"eps=1e-08 is the epsilon of AdaMax's infinity norm and needs infinity_norm=True"),
         (lambda: adamx.amsgrad(1e-3, max_of="max"), ValueError,
-         r"max_of must be 'corrected' .* or 'raw'"),
+         r"max_of must be one of 'corrected', 'raw', got 'max'\. 'corrected' keeps the max of "
+         r"v̂_t \(optax.amsgrad\), 'raw' the max of v_t"),
         (lambda: adamx.adamax(1e-3, eps_in_max="yes"), TypeError, r"eps_in_max must be True"),
         (lambda: adamx.radam(1e-3, decoupled_weight_decay=1), TypeError,
          r"decoupled_weight_decay must be True or False"),
         (lambda: adamx.nadam(1e-3, momentum_decay=-1.0), ValueError,
          r"momentum_decay must be a finite number >= 0"),
         (lambda: adamx.radam(1e-3, threshold=-5.0), ValueError,
-         r"rectify_threshold must be a finite number >= 0"),
+         r"^threshold must be a finite number >= 0"),
     ],
 )  # fmt: skip
 def test_conflicting_options_fail_early(make, error, match):
@@ -156,7 +158,7 @@ def test_conflicting_options_fail_early(make, error, match):
         make()
 
 
-INF_NORM = adamx.scale_by_moments(infinity_norm=True, eps_inf=1e-8)
+INF_NORM = adamx.scale_by_moments(infinity_norm=True, eps=1e-8)
 
 
 @pytest.mark.parametrize(
@@ -165,7 +167,7 @@ INF_NORM = adamx.scale_by_moments(infinity_norm=True, eps_inf=1e-8)
         ([INF_NORM, adamx.running_max_nu()], r"running_max_nu: .* infinity norm .* already a "
          r"running maximum; AMSGrad has nothing to add"),
         ([INF_NORM, adamx.bias_correct(), adamx.scale_by_rsqrt(0.0, b2=0.999, epsilon_hat=True)],
-         r"epsilon_hat and rectify_threshold assume a mean-square second moment"),
+         r"epsilon_hat and threshold assume a mean-square second moment"),
         ([INF_NORM, adamx.scale_by_rsqrt(0.0, eps_root=1e-8)],
          r"eps_root=1e-08 goes under a root, but an infinity-norm"),
         ([adamx.running_max_nu()], r"running_max_nu takes the moment tree"),
@@ -244,8 +246,10 @@ def test_inject_hyperparams_and_multisteps_match_optax(name):
     params = tree(jnp.float32)
     runs = []
     for lib in (adamx, optax):
-        injected = optax.inject_hyperparams(getattr(lib, name))(learning_rate=1e-2)
-        multi = optax.MultiSteps(getattr(lib, name)(learning_rate=1e-2), every_k_schedule=2)
+        # optax's alias and MultiSteps's own code under the standard promotion rules (_promotion).
+        make = getattr(adamx, name) if lib is adamx else reference_factory(getattr(optax, name))
+        injected = optax.inject_hyperparams(make)(learning_rate=1e-2)
+        multi = reference(optax.MultiSteps(strict(make(learning_rate=1e-2)), every_k_schedule=2))
         s_inj, s_multi, updates = injected.init(params), multi.init(params), []
         for _ in range(4):
             u_inj, s_inj = injected.update(params, s_inj, params)

@@ -8,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 from _family_refs import run_adamx_stream
+from _promotion import reference
 
 import adamx
 
@@ -25,6 +26,7 @@ def SCHEDULE(count):
 
 
 def DECAY(count):
+    count = jnp.asarray(count).astype(float)  # a schedule casts its int32 step count itself
     return 0.2 - 0.15 * count / STEPS
 
 
@@ -201,7 +203,7 @@ def test_a_masked_state_maps_with_optax_tree_map_params_like_optaxs():
     params = flax_like_params(jnp.float32)
     mask = adamx.exclude_paths("bias$")
     mapped = []
-    for tx in (adamx.adamw(1e-2, mask=mask), optax.adamw(1e-2, mask=mask)):
+    for tx in (adamx.adamw(1e-2, mask=mask), reference(optax.adamw(1e-2, mask=mask))):
         state = tx.init(params)
         mapped.append(optax.tree.get(optax.tree_map_params(tx, lambda x: x + 1, state), "mu"))
     chex.assert_trees_all_equal(mapped[0], mapped[1])
@@ -239,7 +241,30 @@ def test_mask_predicate_must_return_python_bools():
         (lambda: adamx.adamw(1e-3, fully_decoupled=True, peak_learning_rate=0.0), ValueError,
          r"peak_learning_rate must be a number > 0, got 0.0"),
         (lambda: adamx.adamw(1e-3, fully_decoupled=1), TypeError,
-         r"fully_decoupled must be True or False"),
+         r"fully_decoupled must be True, False or None, got 1 \(int\)"),
+        # The learning rate stands in for α̂: the message names it, not an unpassed peak.
+        (lambda: adamx.adamw(0.0, fully_decoupled=True), ValueError,
+         r"^learning_rate must be a number > 0, got 0.0: with fully_decoupled=True and no "
+         r"peak_learning_rate, the learning rate is the peak α̂ that the decay divides by\. "
+         r"Pass peak_learning_rate=α̂ > 0"),
+        (lambda: adamx.nadamw(SCHEDULE, fully_decoupled=True, peak_learning_rate=SCHEDULE),
+         ValueError, r"peak_learning_rate must be a number > 0, got <function"),
+        (lambda: adamx.adamw(1e-3, weight_decay=None, fully_decoupled=True), ValueError,
+         r"weight_decay=None adds none: pass weight_decay=λ, or drop them"),
+        (lambda: adamx.radam(1e-3, weight_decay=0.1, peak_learning_rate=1e-3), ValueError,
+         r"this optimizer's decay is coupled.*decoupled_weight_decay=True"),
+        # The stage on its own: the same checks, the same names.
+        (lambda: adamx.add_decoupled_weight_decay(0.1, fully_decoupled=True), ValueError,
+         r"fully_decoupled=True needs peak_learning_rate=α̂, the peak of the learning rate "
+         r"given to scale_by_lr"),
+        (lambda: adamx.add_decoupled_weight_decay(0.1, fully_decoupled=True,
+                                                   learning_rate=SCHEDULE), ValueError,
+         r"fully_decoupled=True with a learning-rate schedule needs peak_learning_rate"),
+        (lambda: adamx.add_decoupled_weight_decay(0.1, fully_decoupled=False,
+                                                   peak_learning_rate=1e-3), ValueError,
+         r"peak_learning_rate is used only by fully decoupled weight decay"),
+        (lambda: adamx.add_decoupled_weight_decay(0.1, fully_decoupled="yes"), TypeError,
+         r"fully_decoupled must be True, False or None, got 'yes' \(str\)"),
         (lambda: adamx.add_coupled_weight_decay(-0.1), ValueError,
          r"weight_decay must be a finite number >= 0"),
         (lambda: adamx.path_mask("bias"), TypeError, r"path_mask takes a callable"),
@@ -267,3 +292,38 @@ def test_zero_coupled_decay_adds_no_stage():
         len(adamx.adam(1e-3, weight_decay=0.1).init(params))
         == len(adamx.adam(1e-3).init(params)) + 1
     )
+
+
+def test_the_stage_takes_its_peak_from_either_argument():
+    # fully_decoupled=None (the stage's default) means "fully decoupled iff peak_learning_rate";
+    # a constant learning_rate stands in for the peak. All three are the same transformation.
+    params = {"w": jnp.asarray([1.0, -2.0, 0.5])}
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    stages = [
+        adamx.add_decoupled_weight_decay(0.1, peak_learning_rate=3e-3),
+        adamx.add_decoupled_weight_decay(0.1, fully_decoupled=True, peak_learning_rate=3e-3),
+        adamx.add_decoupled_weight_decay(0.1, fully_decoupled=True, learning_rate=3e-3),
+        adamx.add_decoupled_weight_decay(0.1 / 3e-3),
+    ]
+    updates = [tx.update(zeros, tx.init(params), params)[0] for tx in stages]
+    for other in updates[1:]:
+        chex.assert_trees_all_equal(updates[0], other)
+    # Not fully decoupled: the learning rate is not used at all.
+    plain = adamx.add_decoupled_weight_decay(0.1, learning_rate=SCHEDULE)
+    chex.assert_trees_all_equal(
+        plain.update(zeros, plain.init(params), params)[0],
+        jax.tree.map(lambda x: 0.1 * x, params),
+    )
+
+
+@pytest.mark.parametrize("alias", list(DECOUPLED_ALIASES))
+def test_a_constant_learning_rate_is_the_default_peak(alias):
+    params = {"w": jnp.asarray([1.0, -2.0, 0.5])}
+    runs = [
+        decay_only(DECOUPLED_ALIASES[alias](learning_rate=3e-3, weight_decay=0.01, **extra), params)
+        for extra in (
+            dict(fully_decoupled=True),
+            dict(fully_decoupled=True, peak_learning_rate=3e-3),
+        )
+    ]
+    chex.assert_trees_all_equal(runs[0], runs[1])

@@ -2,16 +2,24 @@
 
 import functools
 import math
+from collections.abc import Sequence
 
 import jax
 import optax
 from jax.sharding import Mesh, PartitionSpec
 
 from .._types import PyTree
-from ._trace import LAYOUT_ERRORS, find_misfits, layout_fits, trace_init
+from ._trace import LAYOUT_ERRORS, Specs, find_misfits, layout_fits, trace_init
 
 
-def checked_trace(tx: optax.GradientTransformation, paths, leaves, treedef, mesh, specs) -> PyTree:
+def checked_trace(
+    tx: optax.GradientTransformation,
+    paths: Sequence[tuple],
+    leaves: Sequence[jax.ShapeDtypeStruct],
+    treedef: jax.tree_util.PyTreeDef,
+    mesh: Mesh,
+    specs: Specs,
+) -> PyTree:
     """``trace_init``, or a ValueError naming the parameter whose state cannot follow its layout.
 
     An error that the replicated layout raises too is not about layout, and one that only

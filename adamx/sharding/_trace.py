@@ -49,7 +49,14 @@ def trace_init(
         return jax.eval_shape(tx.init, jax.tree.unflatten(treedef, typed))
 
 
-def layout_fits(tx, leaves, treedef, mesh, specs: Specs, subset: Sequence[int]) -> bool:
+def layout_fits(
+    tx: optax.GradientTransformation,
+    leaves: Sequence[jax.ShapeDtypeStruct],
+    treedef: jax.tree_util.PyTreeDef,
+    mesh: Mesh,
+    specs: Specs,
+    subset: Sequence[int],
+) -> bool:
     """Whether ``tx.init`` traces with ``subset`` split by ``specs`` (the rest replicated)."""
     chosen = set(subset)
     trial = [spec if i in chosen else REPLICATED for i, spec in enumerate(specs)]

@@ -5,7 +5,7 @@ from typing import Any
 
 import jax
 import optax
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec, Sharding
 
 from .._types import PyTree
 from ..paths._placement import sharding_of
@@ -97,7 +97,9 @@ def abstract_state(tx: optax.GradientTransformation, params: optax.Params) -> Py
     return jax.tree.map(lambda s: _with_sharding(s, NamedSharding(mesh, spec_of(s))), state)
 
 
-def _params_layout(paths: Sequence[tuple], leaves: Sequence[Any]) -> tuple[Any, list, Any]:
+def _params_layout(
+    paths: Sequence[tuple], leaves: Sequence[Any]
+) -> tuple[Mesh | AbstractMesh | None, list[PartitionSpec], Sharding | None]:
     """``(mesh, spec per leaf, a non-mesh sharding)`` of the parameters (mesh None: no mesh)."""
     mesh, specs, default = None, [], None
     for path, leaf in zip(paths, leaves, strict=True):
@@ -127,5 +129,5 @@ def _sharding_field(aval: jax.ShapeDtypeStruct) -> Any:
     return aval.sharding
 
 
-def _with_sharding(aval: Any, sharding: Any) -> jax.ShapeDtypeStruct:
+def _with_sharding(aval: Any, sharding: Sharding | None) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(aval.shape, aval.dtype, sharding=sharding)

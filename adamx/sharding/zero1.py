@@ -143,7 +143,14 @@ def _zero1_specs(shape: tuple, axis: Hashable, n: int) -> list[PartitionSpec]:
     return [*specs, REPLICATED]
 
 
-def _zero1_fit(tx, leaves: Sequence, treedef, mesh: Mesh, axis: Hashable, n: int) -> list:
+def _zero1_fit(
+    tx: optax.GradientTransformation,
+    leaves: Sequence[jax.ShapeDtypeStruct],
+    treedef: jax.tree_util.PyTreeDef,
+    mesh: Mesh,
+    axis: Hashable,
+    n: int,
+) -> list[PartitionSpec]:
     """The first ZeRO-1 split of each parameter whose state ``tx.init`` can lay out like it."""
     options = [_zero1_specs(leaf.shape, axis, n) for leaf in leaves]
     choice = [0] * len(leaves)

@@ -82,7 +82,8 @@ def zero1(
       >>> mesh = jax.make_mesh((jax.device_count(),), ("data",))
       >>> tx = adamx.sharding.zero1(adamx.adamw(1e-3), mesh)
       >>> params = {"w": jax.numpy.ones((8, 4))}
-      >>> state = jax.jit(tx.init)(params)  # m and v split over "data"
+      >>> with jax.set_mesh(mesh):  # make_mesh's axes are Explicit: jit needs the mesh
+      ...     state = jax.jit(tx.init)(params)  # m and v split over "data"
     """
     n = _axis_size(mesh, axis)
 

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from _promotion import standard
 
 STEPS = 500
 
@@ -139,8 +140,14 @@ def run_keras(make_optimizer, params, grads=None, steps: int = STEPS):
     """A Keras 3 optimizer (JAX backend) in a Python loop of jitted ``stateless_apply`` steps.
 
     Returns (trajectory, {slot name: tree of final values}), slots named as Keras
-    names them ("momentum", "velocity", "velocity_hat", "m", "u").
+    names them ("momentum", "velocity", "velocity_hat", "m", "u"). Keras is not
+    strict-clean: it builds and steps under the standard promotion rules (``_promotion``).
     """
+    with standard():
+        return _run_keras(make_optimizer, params, grads, steps)
+
+
+def _run_keras(make_optimizer, params, grads, steps):
     import keras
 
     leaves, treedef = jax.tree.flatten(params)

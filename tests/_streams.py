@@ -41,9 +41,9 @@ def gradient(params, step, key):
         top = 0.5 if x.dtype == jnp.float16 else 2.0
         scale = 10.0 ** jnp.minimum(log_scale, top)
         g = jax.random.normal(k_re, x.shape, jnp.float32)
-        if jnp.issubdtype(x.dtype, jnp.complexfloating):
-            g = g + 1j * jax.random.normal(k_im, x.shape, jnp.float32)
-        return jnp.where(zero, 0.0, scale * g).astype(x.dtype)
+        if jnp.issubdtype(x.dtype, jnp.complexfloating):  # g + 1j·n, written out (strict)
+            g = jax.lax.complex(g, jax.random.normal(k_im, x.shape, jnp.float32))
+        return jnp.where(zero, 0.0, scale.astype(g.dtype) * g).astype(x.dtype)
 
     grads = [one(x, keys[2 * i], keys[2 * i + 1]) for i, x in enumerate(leaves)]
     return treedef.unflatten(grads)

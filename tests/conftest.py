@@ -6,13 +6,23 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
 import jax
+import pytest
 
 # Implicit rank promotion hides shape bugs (a (3,) moment broadcasting against a (1,) one).
 jax.config.update("jax_numpy_rank_promotion", "raise")
-# The matrix's sharded paths need a mesh of 8 devices. On CPU this only splits the host into
-# 8 logical devices (set before any backend starts); a single-device program is unchanged.
+# Implicit dtype promotion hides precision bugs (a bfloat16 moment silently widened, an int32
+# step count promoted): adamx writes every cast out. References that are not strict-clean
+# (optax, Keras) run under the standard rules through _promotion.py. THE switch: with it off,
+# JAX_NUMPY_DTYPE_PROMOTION=strict in the environment turns strict on for a run.
+STRICT_PROMOTION = False
+if STRICT_PROMOTION:
+    jax.config.update("jax_numpy_dtype_promotion", "strict")
+# The sharded tests (the matrix's sharded paths, tests/paths/test_sharding*.py, ...) need a
+# mesh of 8 devices, in this process. On CPU this only splits the host into 8 logical devices
+# (set before any backend starts); a single-device program is unchanged.
+N_DEVICES = 8
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-    jax.config.update("jax_num_cpu_devices", 8)
+    jax.config.update("jax_num_cpu_devices", N_DEVICES)
 
 MARKERS = {
     "matrix_full": "every cell of the composition matrix (test_matrix.py): -m matrix_full",
@@ -22,6 +32,18 @@ MARKERS = {
 }
 # Markers whose tests run only when a -m expression names them (.ci/run does).
 OPT_IN = ("matrix_", "benchmark_smoke")
+
+
+@pytest.fixture(scope="session")
+def eight_devices() -> list:
+    """The run's 8 devices, for tests that build a mesh over them (``jax.make_mesh((8,), ...)``).
+
+    They live in this process: ``jax_num_cpu_devices`` above. Skips where the backend has
+    fewer (one accelerator, or ``XLA_FLAGS`` asking for another CPU device count).
+    """
+    if jax.device_count() < N_DEVICES:
+        pytest.skip(f"needs {N_DEVICES} devices, the backend has {jax.device_count()}")
+    return jax.devices()[:N_DEVICES]
 
 
 def pytest_configure(config):

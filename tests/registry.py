@@ -37,13 +37,17 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from _promotion import reference, reference_schedule, strict
 
 import adamx
 
 F32, BF16, F16, C64 = jnp.float32, jnp.bfloat16, jnp.float16, jnp.complex64
 ALL = (F32, BF16, F16, C64)
 PARITY_STEPS = 1000  # length of the schedules below (the optax parity suites' horizon)
-SCHEDULE = optax.warmup_cosine_decay_schedule(0.0, 1e-2, 50, PARITY_STEPS, end_value=1e-4)
+# optax's cosine schedule is not strict-clean (π * count / steps, count int32): see _promotion.
+SCHEDULE = reference_schedule(
+    optax.warmup_cosine_decay_schedule(0.0, 1e-2, 50, PARITY_STEPS, end_value=1e-4)
+)
 DECAY_SCHEDULE = optax.linear_schedule(0.1, 0.0, PARITY_STEPS)
 LR = 3e-3
 KERAS_LR = 2.0**-8  # Keras stores the rate as a float32 variable: 2**-8 is exact in both widths
@@ -121,8 +125,9 @@ class Optimizer:
         return getattr(adamx, self.alias)(**kwargs)
 
     def reference(self, params=None) -> optax.GradientTransformation:
-        """optax's optimizer with the same arguments (bit-identical to ``make``)."""
-        return getattr(optax, self.optax)(**_resolve(dict(self.kwargs), params))
+        """optax's optimizer with the same arguments (bit-identical to ``make``), run under
+        the standard promotion rules (optax is not strict-clean, see ``_promotion``)."""
+        return reference(getattr(optax, self.optax)(**_resolve(dict(self.kwargs), params)))
 
 
 def _resolve(kwargs: dict, params) -> dict:
@@ -841,9 +846,13 @@ HOSTS: dict[str, Host] = {
     "linen": Host(run_linen, exact=True, eager_init=True),
     "orbax": Host(run_orbax, exact=True),
     "inject_hyperparams": Host(run_plain, wrap=_inject, changes_maths=True, exact=True),
+    # MultiSteps's own code is not strict-clean (its running mean divides by an int32 step):
+    # it runs under the standard rules, the optimizer inside it under the run's (_promotion).
     "multi_steps": Host(
         run_plain,
-        wrap=lambda f, _: optax.MultiSteps(f(), every_k_schedule=2).gradient_transformation(),
+        wrap=lambda f, _: reference(
+            optax.MultiSteps(strict(f()), every_k_schedule=2).gradient_transformation()
+        ),
         changes_maths=True,
         exact=True,
     ),

@@ -6,11 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _flax_models import NnxMLP, batch, loss, nnx
 from registry import OPTIMIZERS as REGISTRY
 
 import adamx
 
-nnx = pytest.importorskip("flax.nnx")
 linen = pytest.importorskip("flax.linen")
 train_state = pytest.importorskip("flax.training.train_state")
 
@@ -26,20 +26,8 @@ IDS = NAMES
 
 def _batches():
     """One fixed batch per step (the same one: full-batch training, so the loss must fall)."""
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((16, 6)).astype(np.float32)
-    y = rng.integers(0, 3, 16)
+    x, y = batch()
     return np.stack([x] * STEPS), np.stack([y] * STEPS)
-
-
-class NnxMLP(nnx.Module):
-    def __init__(self, rngs):
-        self.hidden = nnx.Linear(6, 8, rngs=rngs)
-        self.norm = nnx.LayerNorm(8, rngs=rngs)
-        self.out = nnx.Linear(8, 3, rngs=rngs)
-
-    def __call__(self, x):
-        return self.out(jax.nn.relu(self.norm(self.hidden(x))))
 
 
 def _train_nnx(tx):
@@ -48,13 +36,9 @@ def _train_nnx(tx):
 
     @nnx.jit
     def step(model, optimizer, x, y):
-        def loss_fn(model):
-            logits = model(x)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        value, grads = nnx.value_and_grad(loss)(model, x, y)
         optimizer.update(model, grads)
-        return loss
+        return value
 
     x, y = _batches()
     losses = [step(model, optimizer, x[i], y[i]) for i in range(STEPS)]

@@ -10,21 +10,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from registry import FORMATS
 
 import adamx
-from adamx.formats.base import StochasticFloatMoment
-from adamx.formats.codec import QuantizedMoment
 
 nnx = pytest.importorskip("flax.nnx")
 ocp = pytest.importorskip("orbax.checkpoint")
 
 STEPS = 4
-FORMATS = {
-    "8bit": lambda: dict(mu_dtype=adamx.blockwise_8bit(), nu_dtype=adamx.blockwise_8bit()),
-    "stochastic_bf16": lambda: dict(
-        mu_dtype=adamx.stochastic_float(), nu_dtype=adamx.stochastic_float(seed=1)
-    ),
-}
+# The registry's formats whose moments are records rather than arrays: 8-bit codes and scales,
+# stochastic bfloat16 values and their key.
+RECORD_FORMATS = ["blockwise_8bit", "stochastic_bf16"]
 
 
 class Model(nnx.Module):
@@ -80,15 +76,16 @@ def _train_plain(tx):
     return params, state
 
 
-@pytest.mark.parametrize("fmt", FORMATS, ids=FORMATS)
+@pytest.mark.parametrize("fmt", RECORD_FORMATS)
 def test_nnx_optimizer_trains_with_the_format_like_the_plain_pytree(fmt):
-    got, optimizer = _train_nnx(adamx.adam(1e-2, **FORMATS[fmt]()))
-    want, want_state = _train_plain(adamx.adam(1e-2, **FORMATS[fmt]()))
+    got, optimizer = _train_nnx(adamx.adam(1e-2, **FORMATS[fmt].kwargs))
+    want, want_state = _train_plain(adamx.adam(1e-2, **FORMATS[fmt].kwargs))
     chex.assert_trees_all_equal(nnx.to_pure_dict(got), want)
     record = optimizer.opt_state[0].mu
-    assert isinstance(record, (QuantizedMoment, StochasticFloatMoment))
+    assert isinstance(record, (adamx.QuantizedMoment, adamx.StochasticFloatMoment))
     # Every state leaf at a parameter position is one array (nnx wraps it in a Variable).
-    for field in ("codes", "scales") if fmt == "8bit" else ("value",):
+    quantized = isinstance(record, adamx.QuantizedMoment)
+    for field in ("codes", "scales") if quantized else ("value",):
         for leaf in jax.tree.leaves(getattr(record, field)):
             assert isinstance(leaf, jax.Array), (field, type(leaf))
     chex.assert_trees_all_equal(jax.tree.leaves(optimizer.opt_state), jax.tree.leaves(want_state))

@@ -9,14 +9,11 @@ nnx loop, held to the packed-path bound of ``tests/_paths.py``.
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
-import optax
 import pytest
+from _flax_models import NnxMLP, batch, loss, nnx
 from _paths import assert_path_matches
 
 import adamx
-
-nnx = pytest.importorskip("flax.nnx")
 
 STEPS = 4
 MIN_SIZE = 16  # the biases and the norm's scale and bias are packed, the kernels stay loose
@@ -28,31 +25,17 @@ def as_pure(tree):
     return jax.tree.map(lambda x: x.value if is_variable(x) else x, tree, is_leaf=is_variable)
 
 
-class Model(nnx.Module):
-    def __init__(self, rngs):
-        self.hidden = nnx.Linear(6, 8, rngs=rngs)
-        self.norm = nnx.LayerNorm(8, rngs=rngs)
-        self.out = nnx.Linear(8, 3, rngs=rngs)
-
-    def __call__(self, x):
-        return self.out(jax.nn.relu(self.norm(self.hidden(x))))
-
-
 def train(tx, steps=STEPS):
     """``steps`` nnx.jit steps of ``nnx.Optimizer``: final params, state structures, losses."""
-    model = Model(nnx.Rngs(0))
+    model = NnxMLP(nnx.Rngs(0))
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-    rng = np.random.default_rng(0)
-    x, y = rng.standard_normal((16, 6)).astype(np.float32), rng.integers(0, 3, 16)
+    x, y = batch()
 
     @nnx.jit
     def step(model, optimizer):
-        def loss_fn(model):
-            return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
-
-        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        value, grads = nnx.value_and_grad(loss)(model, x, y)
         optimizer.update(model, grads)
-        return loss
+        return value
 
     structures = [jax.tree.structure(as_pure(optimizer.opt_state))]
     losses = []
@@ -83,7 +66,7 @@ def test_multi_tensor_trains_inside_nnx_optimizer_like_the_per_leaf_chain(name):
 
 
 def test_the_nnx_state_is_packed_and_unpacks_to_the_bare_params():
-    model = Model(nnx.Rngs(0))
+    model = NnxMLP(nnx.Rngs(0))
     optimizer = nnx.Optimizer(
         model, adamx.multi_tensor(adamx.adam(1e-2), min_size=MIN_SIZE), wrt=nnx.Param
     )

@@ -10,16 +10,20 @@ optimizer against that target (the parameters' target built from shapes and shar
 alone, as a restarted job has them), trains 3 more, and must equal 6 uninterrupted steps
 bit for bit, with every restored leaf on the layout it was saved from.
 
-Runs in a subprocess with ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` (see
-tests/test_sharding.py), one JSON verdict per check.
+The 8 devices are the test run's own (``conftest.py`` sets ``jax_num_cpu_devices``).
 """
 
-import os
-import tempfile
-
+import jax
 import numpy as np
+import optax
 import pytest
-from _eight_devices import report, run_checks, verdicts_of
+from _promotion import reference_schedule
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+import adamx
+import adamx.sharding
+
+ocp = pytest.importorskip("orbax.checkpoint")
 
 N = 8
 STEPS_BEFORE, STEPS_AFTER = 3, 3
@@ -36,11 +40,7 @@ def _is_spec(x):
 
 
 def _optimizer(kind):
-    import optax
-
-    import adamx
-
-    schedule = optax.warmup_cosine_decay_schedule(0.0, 1e-2, 2, 10)
+    schedule = reference_schedule(optax.warmup_cosine_decay_schedule(0.0, 1e-2, 2, 10))
     if kind == "adamw":
         return adamx.adamw(schedule, weight_decay=0.1)
     return adamx.adamw(
@@ -52,23 +52,17 @@ def _optimizer(kind):
 
 
 def _grads(step):
-    import jax
-
     rng = np.random.default_rng(100 + step)
     return jax.tree.map(
         lambda s: rng.standard_normal(s).astype(np.float32), SHAPES, is_leaf=_is_shape
     )
 
 
-def _check(kind, layout, mode):
+@pytest.mark.parametrize("mode", ["explicit", "auto"])
+@pytest.mark.parametrize("layout", ["sharded", "zero1"])
+@pytest.mark.parametrize("kind", ["adamw", "adamw_8bit"])
+def test_save_restore_resume_on_eight_devices(eight_devices, kind, layout, mode, tmp_path):
     """``layout``: "sharded" (params split by SPECS, plain tx) or "zero1" (replicated, zero1)."""
-    import jax
-    import optax
-    import orbax.checkpoint as ocp
-    from jax.sharding import AxisType, NamedSharding, PartitionSpec
-
-    import adamx.sharding
-
     axis_type = AxisType.Explicit if mode == "explicit" else AxisType.Auto
     mesh = jax.make_mesh((N,), ("x",), (axis_type,))
     if layout == "zero1":
@@ -113,7 +107,7 @@ def _check(kind, layout, mode):
         saved_layout = jax.tree.map(lambda a: a.sharding, (params, state))
         want = train(tx, params, state, range(STEPS_BEFORE, STEPS_BEFORE + STEPS_AFTER))
 
-        directory = os.path.join(tempfile.mkdtemp(), "step_3")
+        directory = tmp_path / "step_3"
         with ocp.StandardCheckpointer() as ckpt:
             ckpt.save(directory, {"params": params, "opt_state": state})
 
@@ -149,30 +143,3 @@ def _check(kind, layout, mode):
     flat_want = jax.tree_util.tree_flatten_with_path(want)[0]
     for (path, w), g in zip(flat_want, jax.tree.leaves(got), strict=True):
         assert np.array_equal(np.asarray(g), np.asarray(w)), jax.tree_util.keystr(path)
-
-
-CHECKS = {
-    f"{kind}-{layout}-{mode}": (lambda k=kind, lay=layout, m=mode: _check(k, lay, m))
-    for kind in ("adamw", "adamw_8bit")
-    for layout in ("sharded", "zero1")
-    for mode in ("explicit", "auto")
-}
-
-
-def _main():
-    run_checks(CHECKS, N)
-
-
-@pytest.fixture(scope="module")
-def verdicts():
-    pytest.importorskip("orbax.checkpoint")
-    return verdicts_of(__file__, N, timeout=600)
-
-
-@pytest.mark.parametrize("check", list(CHECKS))
-def test_save_restore_resume_on_eight_devices(verdicts, check):
-    report(verdicts, check, N)
-
-
-if __name__ == "__main__":
-    _main()

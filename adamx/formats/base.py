@@ -31,7 +31,6 @@ from .._validation import _keystr, check_choice, check_float_dtype, flatten_like
 from .float import FloatFormat
 from .leaves import bucket_members, leaf_ids
 from .protocol import ARGUMENTS, ROLES, MomentFormat, MomentRecord, Role, StoredLeaf, format_gaps
-from .stochastic import StochasticFloatMoment as StochasticFloatMoment  # its former home
 
 
 def as_format(spec: MomentFormat | DTypeLike | None, role: Role) -> MomentFormat:

@@ -143,13 +143,3 @@ def dequantize(
     blocks = qmap.value(codes) * scale[..., None]
     flat = blocks.reshape(*blocks.shape[:-2], -1)
     return flat[..., : shape[-1]]
-
-
-def __getattr__(name: str) -> type:
-    """``codec.QuantizedMoment``: the record's home before ``formats.blockwise`` (read lazily,
-    since ``blockwise`` imports this module)."""
-    if name == "QuantizedMoment":
-        from .blockwise import QuantizedMoment
-
-        return QuantizedMoment
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,7 +1,7 @@
 """Optimizer state through orbax-checkpoint: exact round trips and bit-identical resumption.
 
 The table ``CASES`` lists the optimizers, state formats, paths and optax wrappers whose state
-must survive a checkpoint, as cells of the registry (``registry.py``); the composition matrix's
+must survive a checkpoint, as cells of the registry (``tests/registry/``); the composition matrix's
 ``orbax`` host runs the same save -> restore -> resume on every other combination.
 """
 

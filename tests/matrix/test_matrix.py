@@ -1,6 +1,6 @@
 """The composition matrix: optimizer x state format x execution path x host.
 
-Every combination of the registry's axes (``registry.py``) either works or is
+Every combination of the registry's axes (``tests/registry/``) either works or is
 refused. "Works" means, after ``STEPS`` closed-loop steps on a small mixed tree:
 
 * the final parameters equal those of the per-leaf plain ``jit`` loop of the same

@@ -1,0 +1,18 @@
+"""Every optimizer of the registry, by name: the adam entries and the family's."""
+
+from __future__ import annotations
+
+from .adam import ADAM
+from .family import FAMILY
+from .optimizer import Optimizer
+
+OPTIMIZERS: dict[str, Optimizer] = {**ADAM, **FAMILY}
+
+
+def with_reference(kind: str) -> list[str]:
+    """Names of the optimizers that declare a ``kind`` reference ("optax", "torch", "keras")."""
+    return [name for name, opt in OPTIMIZERS.items() if getattr(opt, kind) is not None]
+
+
+def in_suite(suite: str) -> list[str]:
+    return [name for name, opt in OPTIMIZERS.items() if suite in opt.suites]

@@ -1,0 +1,177 @@
+"""The matrix's cells and rules: combinations refused by design, inexpressible ones, the ones
+that fail today while their fix is under way (``PENDING``), and ``compose`` (a cell's
+transformation)."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable
+from typing import NamedTuple
+
+import optax
+
+import adamx
+
+from .formats import FORMATS, Format
+from .hosts import HOSTS
+from .optimizers import OPTIMIZERS
+from .paths import PACK_MIN_SIZE, PATHS
+
+# ---------------------------------------------------------------------------
+# The matrix's rules: combinations refused by design, inexpressible ones, and the
+# ones that fail today while their fix is under way.
+
+
+class Cell(NamedTuple):
+    optimizer: str
+    format: str
+    path: str
+    host: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """A combination that must be refused: ``applies(cell)``, why, and the error it raises
+    (``error`` type and ``match``, a regular expression its message must contain).
+    ``match=None`` marks a combination that cannot be written at all (not a refusal)."""
+
+    applies: Callable[[Cell], bool]
+    reason: str
+    error: type | tuple = ValueError
+    match: str | None = None
+
+
+def _has_mask(cell: Cell) -> bool:
+    return "mask" in OPTIMIZERS[cell.optimizer].kwargs
+
+
+def _format(cell: Cell) -> Format:
+    return FORMATS[cell.format]
+
+
+def _quantizes_below(cell: Cell, size: int) -> bool:
+    """The cell's format quantizes some leaf with fewer than ``size`` elements."""
+    return any(
+        isinstance(v, adamx.Blockwise8bit) and v.min_size < size
+        for v in _format(cell).kwargs.values()
+    )
+
+
+def _lays_state_out_like_params(cell: Cell) -> bool:
+    """The cell's 8-bit state is laid out like its sharded params (and so must fit them)."""
+    if cell.path == "sharded_explicit":
+        return cell.host != "multi_transform"
+    if cell.path == "sharded_auto":
+        return cell.host != "multi_transform" and not HOSTS[cell.host].eager_init
+    return False
+
+
+RULES: dict[str, Rule] = {
+    "path_mask_on_packed_tree": Rule(
+        lambda c: PATHS[c.path].packed and c.host in ("masked", "multi_transform"),
+        "optax.masked / multi_transform hand the mask function the PackedTree, whose leaves are "
+        "buckets mixing many parameters: no per-leaf mask of them exists",
+        ValueError,
+        r"path_mask/exclude_paths was handed a PackedTree.*Pass the mask to adamx instead",
+    ),
+    "stochastic_float_in_buckets": Rule(
+        lambda c: (
+            c.path in ("pack", "multi_tensor")
+            and any(isinstance(v, adamx.StochasticFloatFormat) for v in _format(c).kwargs.values())
+        ),
+        "stochastic_float's noise depends on each element's position: packed, a leaf would be "
+        "rounded differently from the per-leaf run",
+        ValueError,
+        r"stochastic_float draws its rounding noise from each element's position.*Keep these "
+        r"leaves out of the buckets",
+    ),
+    "quantized_leaf_in_buckets": Rule(
+        lambda c: c.path in ("pack", "multi_tensor") and _quantizes_below(c, PACK_MIN_SIZE),
+        "a blockwise format that quantizes leaves smaller than the packing min_size would cut "
+        "blocks across unrelated leaves of a bucket",
+        ValueError,
+        r"blockwise_8bit quantizes leaves of at least min_size=\d+ elements, but the leaf at "
+        r".* was packed into a flat bucket.*Give pack / multi_tensor a min_size <=",
+    ),
+    "block_across_devices": Rule(
+        lambda c: _lays_state_out_like_params(c) and _quantizes_below(c, 32),
+        "the matrix tree's (4, 8) leaf is split over 8 devices along its last axis (1 element "
+        "each), and a block of the 8-bit format must lie on one device (where the state is laid "
+        "out like the parameters: not under multi_transform, whose label sends that leaf to "
+        "sgd, nor on Auto axes for hosts that call tx.init eagerly, whose state stays whole)",
+        ValueError,
+        r"cannot be laid out like the parameter.*a block must lie on one device",
+    ),
+    "nnx_holds_no_packed_tree": Rule(
+        lambda c: c.host == "nnx" and PATHS[c.path].packed,
+        "nnx.Optimizer owns the model's parameters, so the loop cannot hold a PackedTree: "
+        "use multi_tensor (the same buckets, inside the optimizer) with nnx",
+    ),
+    "vmap_over_meshes": Rule(
+        lambda c: HOSTS[c.host].vmapped and PATHS[c.path].devices > 1,
+        "an ensemble vmapped over a device mesh is a layout question of its own (the ensemble "
+        "axis); the sharded paths are exercised by every other host",
+    ),
+}
+REFUSALS = {name: rule for name, rule in RULES.items() if rule.match is not None}
+INEXPRESSIBLE = {name: rule for name, rule in RULES.items() if rule.match is None}
+
+
+def rule_for(cell: Cell) -> tuple[str, Rule] | None:
+    """The rule a cell falls under (a combination that cannot be written comes first)."""
+    for name, rule in (*INEXPRESSIBLE.items(), *REFUSALS.items()):
+        if rule.applies(cell):
+            return name, rule
+    return None
+
+
+# PENDING: combinations that fail today and are being fixed (issue 10). Each entry is a cell
+# predicate and the defect's name; the matrix marks those cells xfail(strict=True), so an entry
+# must be deleted as soon as its fix lands (the cell then passes and strict xfail fails).
+def compose(cell: Cell) -> Callable[[], optax.GradientTransformation]:
+    """``build()``: the cell's optimizer in its format, on its path, wrapped by its host.
+
+    The format's parameter-side stage (``stochastic_rounding``, ``kahan_summation``)
+    is chained outside the path's wrapper: it updates the parameters as the loop holds them.
+    """
+    optimizer, fmt, path = (
+        OPTIMIZERS[cell.optimizer],
+        FORMATS[cell.format],
+        PATHS[cell.path],
+    )
+
+    def factory(**hyperparameters):
+        tx = path.wrap(optimizer.make(None, **fmt.kwargs, **hyperparameters))
+        return tx if fmt.post is None else optax.chain(tx, fmt.post())
+
+    return lambda: HOSTS[cell.host].wrap(factory, optimizer)
+
+
+def pending(cell: Cell) -> str | None:
+    for defect, applies in PENDING.items():
+        if applies(cell):
+            return defect
+    return None
+
+
+def _is(**want) -> Callable[[Cell], bool]:
+    """A cell predicate: each field equal to (or, for a tuple/set, in) the wanted value(s)."""
+
+    def applies(cell: Cell) -> bool:
+        for field, value in want.items():
+            got = getattr(cell, field)
+            if isinstance(value, (tuple, set, frozenset)):
+                if got not in value:
+                    return False
+            elif isinstance(value, re.Pattern):
+                if not value.search(got):
+                    return False
+            elif got != value:
+                return False
+        return True
+
+    return applies
+
+
+PENDING: dict[str, Callable[[Cell], bool]] = {}

@@ -20,7 +20,6 @@ plain arrays; a leaf's original shape is read from the gradient at update time.
 """
 
 import warnings
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -126,14 +125,24 @@ def read_moment(
 
 
 def write_moment(
-    fmt: MomentFormat, treedef: Any, rows: list[StoredLeaf], key: jax.Array | None, stored: PyTree
+    fmt: MomentFormat,
+    treedef: jax.tree_util.PyTreeDef,
+    rows: list[StoredLeaf],
+    key: jax.Array | None,
+    stored: PyTree,
 ) -> PyTree:
     """The new state of a moment from its per-leaf stored values (``read_moment``'s inverse)."""
     config = stored.config if isinstance(stored, MomentRecord) else None
     return _assemble(fmt, treedef, rows, key, config)
 
 
-def _assemble(fmt: MomentFormat, treedef: Any, rows: list, key: Any, config: Any) -> PyTree:
+def _assemble(
+    fmt: MomentFormat,
+    treedef: jax.tree_util.PyTreeDef,
+    rows: list[StoredLeaf],
+    key: jax.Array | None,
+    config: dict[str, jax.Array] | None,
+) -> PyTree:
     """A tree of the rows (``fields is None``), or ``fmt.record`` of one tree per field."""
     if fmt.fields is None:
         return treedef.unflatten(rows)

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .codec import check_blocks_on_devices, dequantize, quantize
-from .protocol import ARGUMENTS, MomentRecord, Packed, Role
+from .protocol import ARGUMENTS, BucketMembers, MomentRecord, Role
 from .qmaps import QuantMap, is_float_map, resolve_qmap
 
 
@@ -86,7 +86,7 @@ class Blockwise8bit(NamedTuple):
         stochastic = is_float_map(self.qmap) if self.stochastic is None else self.stochastic
         return self._replace(signed=signed, stochastic=stochastic)
 
-    def init(self, param: jax.Array, packed: Packed | None = None) -> Stored8bit:
+    def init(self, param: jax.Array, packed: BucketMembers | None = None) -> Stored8bit:
         """Zero codes and scales, or a float32 zero moment below ``min_size`` and in buckets
         of packed leaves smaller than ``min_size``."""
         self._check_bound()
@@ -115,7 +115,9 @@ class Blockwise8bit(NamedTuple):
             value = jax.lax.optimization_barrier(value)
         return value
 
-    def encode(self, value: jax.Array, stored: Stored8bit, key: jax.Array | None = None):
+    def encode(
+        self, value: jax.Array, stored: Stored8bit, key: jax.Array | None = None
+    ) -> Stored8bit:
         """Codes and scales of ``value`` (stochastic rounding with ``key`` if ``stochastic``)."""
         _, scales = stored
         if scales is None:
@@ -151,7 +153,7 @@ class Blockwise8bit(NamedTuple):
             check_blocks_on_devices(tuple(shape), spec[-1], axis_sizes, self.block_size)
         return ((*spec, None), spec)
 
-    def _check_bucket(self, packed: Packed) -> None:
+    def _check_bucket(self, packed: BucketMembers) -> None:
         big = [(path, size) for path, size in packed if size >= max(self.min_size, 1)]
         if big:
             path, size = big[0]

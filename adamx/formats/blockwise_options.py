@@ -80,6 +80,21 @@ def blockwise_8bit(
       Micikevicius et al., "FP8 Formats for Deep Learning", arXiv:2209.05433;
       Rouhani et al., "Microscaling Data Formats for Deep Learning", arXiv:2310.10537.
     """
+    _check_options(signed, block_size, min_size, qmap, sqrt, stochastic, seed)
+    fmt = Blockwise8bit(signed, block_size, min_size, qmap, sqrt, stochastic, seed)
+    return fmt if signed is None else fmt.bind("mu" if signed else "nu")
+
+
+def _check_options(
+    signed: object,
+    block_size: object,
+    min_size: object,
+    qmap: object,
+    sqrt: object,
+    stochastic: object,
+    seed: object,
+) -> None:
+    """Each argument of ``blockwise_8bit`` alone, then the pairs that contradict each other."""
     check_flag("signed", signed, optional=True)
     _check_power_of_two(
         "block_size",
@@ -103,8 +118,6 @@ def blockwise_8bit(
             f'(or "e<E>m<M>"), got qmap={qmap!r}.'
         )
     check_seed("seed", seed)
-    fmt = Blockwise8bit(signed, block_size, min_size, qmap, sqrt, stochastic, seed)
-    return fmt if signed is None else fmt.bind("mu" if signed else "nu")
 
 
 def _check_power_of_two(name: str, value: object, examples: str, why: str) -> None:

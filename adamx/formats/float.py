@@ -9,7 +9,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .protocol import FloatDType, Packed, Role
+from .protocol import BucketMembers, FloatDType, Role
 
 
 class FloatFormat(NamedTuple):
@@ -42,7 +42,7 @@ class FloatFormat(NamedTuple):
         del role
         return self
 
-    def init(self, param: jax.Array, packed: Packed | None = None) -> jax.Array:
+    def init(self, param: jax.Array, packed: BucketMembers | None = None) -> jax.Array:
         """Zeros like ``param`` in ``dtype``; refuses a real dtype for a complex parameter."""
         del packed
         dtype = None if self.dtype is None else jax.dtypes.canonicalize_dtype(self.dtype)

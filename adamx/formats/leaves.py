@@ -13,7 +13,7 @@ import numpy as np
 from .._packed import PackedTree
 from .._types import PyTree
 from .._validation import _keystr
-from .protocol import Packed
+from .protocol import BucketMembers
 
 
 def _is_packed(node: object) -> bool:
@@ -37,9 +37,9 @@ def leaf_ids(tree: PyTree) -> list[int]:
     return ids
 
 
-def bucket_members(tree: PyTree) -> list[Packed | None]:
+def bucket_members(tree: PyTree) -> list[BucketMembers | None]:
     """For each leaf of ``tree``: None, or ``((path, size), ...)`` of the leaves packed in it."""
-    out: list[Packed | None] = []
+    out: list[BucketMembers | None] = []
     for prefix, node in jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_packed)[0]:
         if not isinstance(node, PackedTree):
             out.append(None)

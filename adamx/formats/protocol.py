@@ -1,10 +1,33 @@
-"""What a moment format is: the ``MomentFormat`` Protocol and the record base of its state.
+r"""What a moment format is: the ``MomentFormat`` Protocol and the record base of its state.
 
-To add a format (4-bit codes, a factored second moment, ...), copy the closest
-existing one (``float.py`` for one array per leaf, ``stochastic.py`` for one
-array plus random rounding, ``blockwise.py`` for several arrays per leaf) and
-implement the Protocol below; ``as_format`` (``base.py``) then accepts it as
-``mu_dtype`` / ``nu_dtype`` and the stages store it without further changes.
+A stage that keeps a moment (``scale_by_moments``: m and v; ``running_max_nu``:
+AMSGrad's maximum) calls its format once per leaf and step:
+
+.. math::
+    x = \operatorname{decode}(s_{t-1}), \qquad
+    x' = \beta x + (1 - \beta)\, y_t \ \text{(the stage's update, in } x\text{'s dtype)},
+    \qquad s_t = \operatorname{encode}(x', s_{t-1}, k_t)
+
+so every stage downstream sees the decoded moment x', never the stored s.
+
+Adding a format (4-bit codes, a factored second moment, ...):
+
+1. copy the closest existing file: ``float.py`` (one array per leaf),
+   ``stochastic.py`` (one array in a record, random rounding) or ``blockwise.py``
+   (several arrays per leaf, bound to the moment it stores);
+2. implement ``MomentFormat`` below (a ``NamedTuple`` of the static options, with
+   class attributes ``elementwise``, ``stochastic``, ``fields``, ``record``,
+   ``seed``) and, for ``fields``, its state record (a ``MomentRecord`` subclass
+   registered with ``jax.tree_util.register_dataclass``);
+3. write the user's constructor (``stochastic_float(...)``) with its maths in the
+   docstring and its checks through ``adamx._validation``;
+4. export it from ``formats/__init__.py`` and ``adamx/__init__.py``;
+5. add it to ``FORMATS`` in ``tests/registry.py``: the composition matrix then runs
+   it through every optimizer, path and host, and ``tests/formats/test_protocol.py``
+   checks its code is strict-clean.
+
+``as_format`` (``base.py``) accepts any object that satisfies the Protocol as
+``mu_dtype`` / ``nu_dtype``; nothing else needs registering.
 """
 
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -20,7 +43,7 @@ ARGUMENTS: dict[Role, str] = {"mu": "mu_dtype", "nu": "nu_dtype", "nu_max": "nu_
 StoredLeaf = jax.Array | tuple[jax.Array | None, ...]
 """A leaf's stored moment: one array, or one entry per name in ``fields``."""
 
-Packed = tuple[tuple[str, int], ...]
+BucketMembers = tuple[tuple[str, int], ...]
 """The leaves in a bucket of packed leaves: ``((path, size), ...)``."""
 
 FloatDType = DTypeLike | None
@@ -41,7 +64,7 @@ class MomentRecord:
     """
 
     __slots__ = ()
-    key: Any
+    key: Any  # trees of anything: arrays, ShapeDtypeStructs, shardings (state_shardings)
     config: Any
 
     @property
@@ -91,7 +114,7 @@ class MomentFormat(Protocol):
         user's argument (``protocol.ARGUMENTS[role]``). Called once, at construction."""
         ...
 
-    def init(self, param: jax.Array, packed: Packed | None = None) -> StoredLeaf:
+    def init(self, param: jax.Array, packed: BucketMembers | None = None) -> StoredLeaf:
         """The stored zero moment of a parameter leaf.
 
         ``packed``: for a bucket of packed leaves, ``((path, size), ...)`` of the
@@ -118,7 +141,7 @@ class MomentFormat(Protocol):
 
     def partition_specs(
         self, spec: tuple, shape: tuple[int, ...], axis_sizes: dict[str, int] | None = None
-    ) -> Any:
+    ) -> tuple:
         """How a leaf's stored arrays shard, given its parameter's ``PartitionSpec``
         entries ``spec`` and ``shape``: one spec tuple (``fields is None``) or a tuple
         with one per field (None: no such array). ``axis_sizes`` (``mesh.shape``), if

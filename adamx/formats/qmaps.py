@@ -128,7 +128,7 @@ def float_map_constants(signed: bool, mantissa_bits: int) -> tuple[int, int, int
     return top, (127 << mantissa_bits) - top, shift
 
 
-def float_index_bits(bits: jax.Array, qmap: QuantMap, noise: jax.Array | None = None):
+def float_index_bits(bits: jax.Array, qmap: QuantMap, noise: jax.Array | None = None) -> jax.Array:
     """Index among the positive values of float map ``qmap`` of the value nearest the float32
     whose bit pattern is ``bits`` (int32, >= 0); -1 where zero is nearest.
 

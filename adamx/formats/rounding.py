@@ -4,21 +4,20 @@ Shared by the stochastic moment format (``formats.stochastic``) and the paramete
 ``stochastic_rounding`` stage.
 """
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 from .random_bits import random_bits, uniform
 
 
-def is_low_precision(dtype: Any) -> bool:
+def is_low_precision(dtype: DTypeLike) -> bool:
     """True for real floating dtypes narrower than float32 (bfloat16, float16)."""
     dtype = jnp.dtype(dtype)
     return jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize < 4
 
 
-def round_stochastic(x: jax.Array, dtype: Any, key: jax.Array) -> jax.Array:
+def round_stochastic(x: jax.Array, dtype: DTypeLike, key: jax.Array) -> jax.Array:
     r"""Round float32 ``x`` to ``dtype``, up or down at random, unbiased.
 
     .. math::
@@ -31,7 +30,7 @@ def round_stochastic(x: jax.Array, dtype: Any, key: jax.Array) -> jax.Array:
     For bfloat16 (the upper half of a float32) this is adding 16 random bits to
     the float32 bit pattern and truncating; other dtypes compare a uniform draw
     with the distance to the nearest number. The random bits are a keyed hash of
-    each element's index (``_random_bits``): cheap, and the same under sharding.
+    each element's index (``random_bits``): cheap, and the same under sharding.
     """
     key_data = jax.random.key_data(key)
     if jnp.dtype(dtype) == jnp.bfloat16:

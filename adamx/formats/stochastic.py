@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from jax.typing import DTypeLike
 
 from .._validation import check_float_dtype, check_seed
-from .protocol import ARGUMENTS, MomentRecord, Packed, Role
+from .protocol import ARGUMENTS, BucketMembers, MomentRecord, Role
 from .rounding import round_stochastic
 
 
@@ -55,7 +55,7 @@ class StochasticFloatFormat(NamedTuple):
             warn_float16_second_moment(f"stochastic_float(jnp.float16) as {ARGUMENTS[role]}")
         return self
 
-    def init(self, param: jax.Array, packed: Packed | None = None) -> tuple[jax.Array]:
+    def init(self, param: jax.Array, packed: BucketMembers | None = None) -> tuple[jax.Array]:
         """Zeros like ``param`` in ``dtype``; refuses complex parameters and packed buckets."""
         if jnp.iscomplexobj(param):
             raise TypeError(

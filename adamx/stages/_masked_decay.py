@@ -30,7 +30,7 @@ class PackedMaskedState(NamedTuple):
 
 
 def masked_decay(
-    stage: str, weight_decay: Any, mask: Mask | None
+    stage: str, weight_decay: optax.ScalarOrSchedule, mask: Mask | None
 ) -> optax.GradientTransformationExtraArgs:
     r"""u + λ_t θ on every unmasked element; ``stage`` names it in error messages.
 
@@ -76,7 +76,9 @@ def masked_decay(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _decay_leaf(u: jax.Array, theta: jax.Array, flag: Any, decay: Any) -> jax.Array:
+def _decay_leaf(
+    u: jax.Array, theta: jax.Array, flag: bool | np.ndarray, decay: jax.typing.ArrayLike
+) -> jax.Array:
     """u + λ·θ where ``flag`` (a bool, or a static bool array over a bucket) says so."""
     if not isinstance(flag, np.ndarray) or flag.ndim == 0:
         if not flag:

@@ -5,8 +5,6 @@ Both add λ_t·θ_{t-1} to the tree they are given, on the leaves a mask selects
 may be divided by the learning rate's peak α̂ (fully decoupled).
 """
 
-from typing import Any
-
 import jax
 import optax
 
@@ -115,7 +113,11 @@ def add_decoupled_weight_decay(
     return masked_decay("add_decoupled_weight_decay", rate, mask)
 
 
-def _peak(fully_decoupled: Any, peak_learning_rate: Any, learning_rate: Any) -> Any:
+def _peak(
+    fully_decoupled: bool | None,
+    peak_learning_rate: float | jax.Array | None,
+    learning_rate: optax.ScalarOrSchedule | None,
+) -> float | jax.Array | None:
     """α̂ of fully decoupled decay (the user's peak, else a constant learning rate), or None."""
     check_flag("fully_decoupled", fully_decoupled, optional=True)
     if fully_decoupled is None:
@@ -156,14 +158,16 @@ def _peak(fully_decoupled: Any, peak_learning_rate: Any, learning_rate: Any) -> 
     return learning_rate
 
 
-def _check_peak(name: str, value: Any, why: str) -> None:
+def _check_peak(name: str, value: object, why: str) -> None:
     """α̂ must be a number > 0; ``why`` explains. (A validator that belongs in _validation.py.)"""
     check_scalar_or_schedule(name, value)
     if callable(value) or (is_concrete_number(value) and value <= 0):
         raise ValueError(f"{name} must be a number > 0, got {value!r}: {why}")
 
 
-def _divided(weight_decay: optax.ScalarOrSchedule, peak: Any) -> optax.ScalarOrSchedule:
+def _divided(
+    weight_decay: optax.ScalarOrSchedule, peak: float | jax.Array
+) -> optax.ScalarOrSchedule:
     """λ_t / α̂, a number or a schedule like ``weight_decay``."""
     if not callable(weight_decay):
         return weight_decay / peak

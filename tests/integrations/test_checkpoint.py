@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from registry import FORMATS, OPTIMIZERS, Cell, compose
+from registry import FORMATS, Cell, aliases, compose
 
 import adamx
 
@@ -40,12 +40,6 @@ def _case(optimizer, fmt="default", path="per_leaf", host="plain", name=None):
     return Case(name or optimizer, Cell(optimizer, fmt, path, host))
 
 
-def _is_alias(name, optimizer) -> bool:
-    """The registry entry is an adamx alias with its plain arguments (not a variant, no chain)."""
-    return name == optimizer.alias and optimizer.chain is None and name not in PLAIN
-
-
-PLAIN = ("adam", "adamw")  # adam's own cases come first, adamw's in its variants below
 CASES = [
     _case("adam"),
     _case("adamw_schedule_mask"),
@@ -55,7 +49,7 @@ CASES = [
     _case("adamw", host="inject_hyperparams", name="inject_hyperparams_adamw"),
     _case("adamw", host="clip_chain", name="clip_adamw"),
     # The family: every other alias of the registry, with its plain arguments.
-    *[_case(name) for name, opt in OPTIMIZERS.items() if _is_alias(name, opt)],
+    *[_case(name) for name in aliases() if name not in ("adam", "adamw")],
     # State formats: 8-bit blockwise moments (uint8 codes + float32 scales), stochastic bfloat16
     # (bfloat16 values + a PRNG key), and low-precision parameters with Kahan compensation.
     _case("nadam", "blockwise_8bit_small_blocks", name="nadam_8bit_moments"),

@@ -47,7 +47,7 @@ from .common import (
 from .formats import FORMATS, Format
 from .hosts import HOSTS, Host
 from .optimizer import ADAM_TABLE, FAMILY_TABLE, KerasRef, Optimizer, TorchRef
-from .optimizers import OPTIMIZERS, in_suite, with_reference
+from .optimizers import OPTIMIZERS, aliases, in_suite, with_reference
 from .paths import N_DEVICES, PACK_MIN_SIZE, PATHS, Path
 from .rules import (
     INEXPRESSIBLE,
@@ -95,6 +95,7 @@ __all__ = [
     "Rule",
     "Run",
     "TorchRef",
+    "aliases",
     "compose",
     "ensemble_member",
     "in_suite",

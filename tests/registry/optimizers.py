@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import adamx
+
 from .adam import ADAM
 from .family import FAMILY
 from .optimizer import Optimizer
@@ -16,3 +18,13 @@ def with_reference(kind: str) -> list[str]:
 
 def in_suite(suite: str) -> list[str]:
     return [name for name, opt in OPTIMIZERS.items() if suite in opt.suites]
+
+
+def aliases() -> list[str]:
+    """Names of the entries that are an adamx alias with its plain arguments (``"nadam"``:
+    ``adamx.nadam(learning_rate=LR)``), one per alias: not a variant, not a chain."""
+    return [
+        name
+        for name, opt in OPTIMIZERS.items()
+        if name == opt.alias and opt.chain is None and hasattr(adamx, name)
+    ]

@@ -1,15 +1,15 @@
 """``running_max_nu``: AMSGrad's running maximum of the second moment."""
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from .._types import InfNormMoments, Moments, PyTree, is_moments, map_moments
+from .._types import InfNormMoments, Moments, PyTree, as_arrays, is_moments, map_moments, promote
 from .._validation import check_float_leaves, require_moment_tree
+from ..formats import MomentFormat
 from ..formats.base import as_format, init_moment, read_moment, write_moment
-from .moments import as_arrays
 
 
 class RunningMaxNuState(NamedTuple):
@@ -18,7 +18,9 @@ class RunningMaxNuState(NamedTuple):
     nu_max: PyTree  # max_{i<=t} of the second moment it sees, in its state format
 
 
-def running_max_nu(nu_dtype: Any = None) -> optax.GradientTransformationExtraArgs:
+def running_max_nu(
+    nu_dtype: jax.typing.DTypeLike | MomentFormat | None = None,
+) -> optax.GradientTransformationExtraArgs:
     r"""Replace the second moment by its running maximum (AMSGrad).
 
     .. math::
@@ -66,7 +68,7 @@ def running_max_nu(nu_dtype: Any = None) -> optax.GradientTransformationExtraArg
                 "(scale_by_moments(infinity_norm=True)), which is already a running maximum; "
                 "AMSGrad has nothing to add. Drop running_max_nu (or amsgrad) from this chain."
             )
-        nu_max = jnp.maximum(nu_format.decode(stored, m.grad), m.nu)
+        nu_max = jnp.maximum(*promote(nu_format.decode(stored, m.grad), m.nu))
         return m._replace(nu=nu_max), nu_format.encode(nu_max, stored, key)
 
     def update_fn(updates, state, params=None, **extra_args):

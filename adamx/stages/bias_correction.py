@@ -1,14 +1,15 @@
 """``bias_correct``: undo the zero initialisation of the moving averages."""
 
-from typing import Any, NamedTuple
+import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from .._rates import like
-from .._types import InfNormMoments, Moments, map_moments
-from .._validation import check_beta, check_non_negative, require_moment_tree
+from .._rates import decay_power, like
+from .._types import InfNormMoments, Moments, PyTree, map_moments, promote
+from .._validation import check_beta, check_flag, check_non_negative, require_moment_tree
 
 
 class BiasCorrectState(NamedTuple):
@@ -24,42 +25,12 @@ class MomentumScheduleState(NamedTuple):
     mu_product: jax.Array  # shape=(), default float dtype (as torch): Π_{i<=t} μ_i
 
 
-def _momentum(b1: Any, psi: Any, t: jax.Array) -> jax.Array:
-    """PyTorch NAdam's momentum schedule μ_t = β1·(1 - ½·0.96^(t·ψ)); ``t`` in the default float.
-
-    ``t`` is a float so that ``t + 1`` cannot wrap at the saturated int32 step count.
-    """
-    return b1 * (1.0 - 0.5 * 0.96 ** (t * psi))
-
-
-def _check_flags(nesterov: Any, momentum_decay: Any, correct_mu: Any, correct_nu: Any) -> None:
-    for name, flag in (
-        ("nesterov", nesterov),
-        ("correct_mu", correct_mu),
-        ("correct_nu", correct_nu),
-    ):
-        if not isinstance(flag, bool):
-            raise TypeError(f"{name} must be True or False, got {flag!r}.")
-    if momentum_decay is not None:
-        check_non_negative("momentum_decay", momentum_decay)
-        if not nesterov:
-            raise ValueError(
-                "momentum_decay (PyTorch NAdam's ψ) schedules Nesterov momentum: it needs "
-                "nesterov=True."
-            )
-    if nesterov and not correct_mu:
-        raise ValueError(
-            "nesterov=True corrects the first moment by construction; it cannot be combined "
-            "with correct_mu=False."
-        )
-
-
 def bias_correct(
-    b1: Any = 0.9,
-    b2: Any = 0.999,
+    b1: float | jax.Array = 0.9,
+    b2: float | jax.Array = 0.999,
     *,
     nesterov: bool = False,
-    momentum_decay: Any = None,
+    momentum_decay: float | jax.Array | None = None,
     correct_mu: bool = True,
     correct_nu: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
@@ -118,9 +89,7 @@ def bias_correct(
       Kingma & Ba, arXiv:1412.6980, section 3; Dozat, "Incorporating Nesterov
       Momentum into Adam", ICLR 2016 workshop.
     """
-    check_beta("b1", b1)
-    check_beta("b2", b2)
-    _check_flags(nesterov, momentum_decay, correct_mu, correct_nu)
+    _check_options(b1, b2, nesterov, momentum_decay, correct_mu, correct_nu)
     scheduled = momentum_decay is not None
 
     def init_fn(params):
@@ -130,40 +99,19 @@ def bias_correct(
             return MomentumScheduleState(count=count, mu_product=jnp.ones([], float))
         return BiasCorrectState(count=count)
 
-    def first_moment(t, state):
-        """(coefficient of m_t, coefficient of g_t or None, new state) for the first moment."""
-        if scheduled:
-            t_float = t.astype(float)
-            mu_t = _momentum(b1, momentum_decay, t_float)
-            mu_next = _momentum(b1, momentum_decay, t_float + 1)
-            product = state.mu_product * mu_t
-            c_m = mu_next / (1.0 - product * mu_next)
-            c_g = (1.0 - mu_t) / (1.0 - product)
-            return c_m, c_g, MomentumScheduleState(count=t, mu_product=product)
-        return None, None, BiasCorrectState(count=t)
-
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
         require_moment_tree("bias_correct", updates)
         t = optax.safe_increment(state.count)
-        c_m, c_g, new_state = first_moment(t, state)
         mu, nu, grad = (
             map_moments(lambda m, f=f: getattr(m, f), updates) for f in ("mu", "nu", "grad")
         )
-        # Whole trees go through optax.tree.bias_correction in optax's order. XLA:CPU may fuse
-        # 1 - b^t into each leaf's loop, where its rounding depends on the fusion, so matching
-        # optax bit for bit needs the same graph, not only the same maths.
-        if c_m is not None:
-            mu_hat = jax.tree.map(lambda m, g: like(c_m, m) * m + like(c_g, g) * g, mu, grad)
-        elif nesterov:  # m̂ = b1·m/(1 - b1^(t+1)) + (1 - b1)·g/(1 - b1^t)
-            mu_hat = jax.tree.map(
-                lambda m, g: b1 * m + (1 - b1) * g,
-                optax.tree.bias_correction(mu, b1, optax.safe_increment(t)),
-                optax.tree.bias_correction(grad, b1, t),
-            )
-        else:  # m̂ = m/(1 - b1^t)
-            mu_hat = optax.tree.bias_correction(mu, b1, t) if correct_mu else mu
-        nu_hat = optax.tree.bias_correction(nu, b2, t) if correct_nu else nu  # v̂ = v/(1 - b2^t)
+        if scheduled:
+            mu_hat, new_state = _scheduled_nesterov(b1, momentum_decay, mu, grad, t, state)
+        else:
+            mu_hat = _first_moment(b1, nesterov, correct_mu, mu, grad, t)
+            new_state = BiasCorrectState(count=t)
+        nu_hat = bias_correction(nu, b2, t) if correct_nu else nu  # v̂ = v/(1 - b2^t)
 
         def rebuild(m: Moments, mu_hat, nu_hat) -> Moments:
             # An infinity-norm second moment is a running max, never corrected.
@@ -172,3 +120,78 @@ def bias_correct(
         return map_moments(rebuild, updates, mu_hat, nu_hat), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+@functools.partial(jax.jit, inline=True)
+def bias_correction(tree: PyTree, decay: float | jax.Array, count: jax.Array) -> PyTree:
+    r""":math:`x / (1 - \beta^t)` for each leaf, as ``optax.tree.bias_correction`` computes it.
+
+    The same program as optax's (one scalar :math:`1 - \beta^t`, cast to each
+    leaf's dtype, then a division, jitted and inlined): XLA:CPU may fuse the scalar
+    into each leaf's loop, where its rounding depends on the fusion, so bit parity
+    needs the same program, also when run eagerly, not only the same maths. Written
+    out because optax forms ``decay ** count`` with a float and an int32, which
+    strict promotion refuses (``decay_power``).
+    """
+    correction = 1 - decay_power(decay, count)
+    return jax.tree.map(lambda x: x / correction.astype(x.dtype), tree)
+
+
+def _first_moment(b1, nesterov, correct_mu, mu, grad, t) -> PyTree:
+    """m̂ of Adam (m/(1 - b1^t)) or of Nesterov (b1·m/(1 - b1^(t+1)) + (1 - b1)·g/(1 - b1^t))."""
+    if nesterov:
+        return jax.tree.map(
+            lambda m_hat, g_hat: _sum(_times(b1, m_hat), _times(1 - b1, g_hat)),
+            bias_correction(mu, b1, optax.safe_increment(t)),
+            bias_correction(grad, b1, t),
+        )
+    return bias_correction(mu, b1, t) if correct_mu else mu
+
+
+def _times(c: float | jax.Array, x: jax.Array) -> jax.Array:
+    return jnp.multiply(*promote(c, x))
+
+
+def _sum(x: jax.Array, y: jax.Array) -> jax.Array:
+    """x + y in their promoted dtype, in this order: XLA may fuse a·b + c·d into a fused
+    multiply-add, so swapping the terms can change the last bit (optax's order kept)."""
+    return jnp.add(*promote(x, y))
+
+
+def _momentum(b1: float | jax.Array, psi: float | jax.Array, t: jax.Array) -> jax.Array:
+    """PyTorch NAdam's momentum schedule μ_t = β1·(1 - ½·0.96^(t·ψ)); ``t`` in the default float.
+
+    ``t`` is a float so that ``t + 1`` cannot wrap at the saturated int32 step count.
+    """
+    return b1 * (1.0 - 0.5 * 0.96 ** (t * psi))
+
+
+def _scheduled_nesterov(b1, psi, mu, grad, t, state) -> tuple[PyTree, MomentumScheduleState]:
+    """m̂ = μ_{t+1}·m/(1 - Π_{i<=t+1} μ_i) + (1 - μ_t)·g/(1 - Π_{i<=t} μ_i) (PyTorch's NAdam)."""
+    t_float = t.astype(float)
+    mu_t, mu_next = _momentum(b1, psi, t_float), _momentum(b1, psi, t_float + 1)
+    product = state.mu_product * mu_t
+    c_m = mu_next / (1.0 - product * mu_next)
+    c_g = (1.0 - mu_t) / (1.0 - product)
+    mu_hat = jax.tree.map(lambda m, g: _sum(like(c_m, m) * m, like(c_g, g) * g), mu, grad)
+    return mu_hat, MomentumScheduleState(count=t, mu_product=product)
+
+
+def _check_options(b1, b2, nesterov, momentum_decay, correct_mu, correct_nu) -> None:
+    check_beta("b1", b1)
+    check_beta("b2", b2)
+    check_flag("nesterov", nesterov)
+    check_flag("correct_mu", correct_mu)
+    check_flag("correct_nu", correct_nu)
+    if momentum_decay is not None:
+        check_non_negative("momentum_decay", momentum_decay)
+        if not nesterov:
+            raise ValueError(
+                "momentum_decay (PyTorch NAdam's ψ) schedules Nesterov momentum: it needs "
+                "nesterov=True."
+            )
+    if nesterov and not correct_mu:
+        raise ValueError(
+            "nesterov=True corrects the first moment by construction; it cannot be combined "
+            "with correct_mu=False."
+        )

@@ -1,7 +1,5 @@
 """``scale_by_lr``: the final step, -α_t · u."""
 
-from typing import Any
-
 import jax
 import optax
 
@@ -9,7 +7,7 @@ from .._rates import current_rate, init_rate_state, like
 from .._validation import check_scalar_or_schedule, require_update_tree
 
 
-def scale_by_lr(learning_rate: Any) -> optax.GradientTransformationExtraArgs:
+def scale_by_lr(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformationExtraArgs:
     r"""Multiply by minus the learning rate, turning directions into descent steps.
 
     .. math::

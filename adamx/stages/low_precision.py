@@ -26,6 +26,7 @@ import optax
 from .._types import PyTree
 from .._validation import (
     check_float_leaves,
+    check_seed,
     flatten_like_updates,
     require_params,
     require_update_tree,
@@ -85,8 +86,7 @@ def stochastic_rounding(seed: int = 0) -> optax.GradientTransformationExtraArgs:
       Gupta et al., "Deep Learning with Limited Numerical Precision", arXiv:1502.02551;
       Zamirai et al., "Revisiting BFloat16 Training", arXiv:2010.06192.
     """
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be a Python int, got {seed!r} ({type(seed).__name__}).")
+    check_seed("seed", seed)
 
     def init_fn(params):
         check_float_leaves("stochastic_rounding", "parameter", params)

@@ -1,42 +1,42 @@
-"""``scale_by_moments``: the exponential moving averages of g and |g|²."""
+"""``scale_by_moments``: the exponential moving averages of g and |g|² (or AdaMax's max |g|)."""
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from .._types import InfNormMoments, Moments, PyTree
+from .._rates import ema
+from .._types import InfNormMoments, Moments, PyTree, as_arrays, promote, promoted_dtype
 from .._validation import (
     check_beta,
+    check_flag,
     check_float_leaves,
     check_non_negative,
     check_same_shape,
     is_zero,
     require_update_tree,
 )
+from ..formats import MomentFormat
 from ..formats.base import as_format, init_moment, read_moment, write_moment
 from ._deprecation import renamed_keyword
+
+_STAGE = "scale_by_moments"
 
 
 class ScaleByMomentsState(NamedTuple):
     """State of ``scale_by_moments``: the stored moments, one entry per parameter leaf."""
 
     mu: PyTree  # first moment m, in its state format (default: the params' dtype)
-    nu: PyTree  # second moment v, in its state format (default: the params' dtype)
-
-
-def abs_sq(g: jax.Array) -> jax.Array:
-    """|g|²: g·g for real g, Re(conj(g)·g) for complex g (a real array)."""
-    return (g.conj() * g).real if jnp.iscomplexobj(g) else g * g
+    nu: PyTree  # second moment v (or u), in its state format (default: the params' dtype)
 
 
 def scale_by_moments(
-    b1: Any = 0.9,
-    b2: Any = 0.999,
-    mu_dtype: Any = None,
+    b1: float | jax.Array = 0.9,
+    b2: float | jax.Array = 0.999,
+    mu_dtype: jax.typing.DTypeLike | MomentFormat | None = None,
     *,
-    nu_dtype: Any = None,
+    nu_dtype: jax.typing.DTypeLike | MomentFormat | None = None,
     infinity_norm: bool = False,
     eps: float | jax.Array = 0.0,
     eps_inf: float | jax.Array | None = None,
@@ -56,13 +56,10 @@ def scale_by_moments(
         u_t = \max(|g_t| + \varepsilon, \beta_2 u_{t-1})
 
     Opens the moment segment of a chain: each gradient leaf becomes a
-    ``Moments(mu=m_t, nu=v_t, grad=g_t)`` record, which ``bias_correct`` and
-    ``scale_by_rsqrt`` consume. The moments handed on are computed in the
-    promoted dtype of gradient and state; the state keeps them in its format.
-    |g|² is formed in that promoted dtype (a float16 g squared in float16 would
-    flush v to 0 for |g| < 2.4e-4); (1-β1)·g is formed in g's dtype as optax does,
-    unless g's exponent range is narrower than the state's (float16 g, float32 m).
-    Python numbers in the tree are taken as JAX arrays (as optax does).
+    ``Moments(mu=m_t, nu=v_t, grad=g_t)`` record, which ``bias_correct``,
+    ``running_max_nu`` and ``scale_by_rsqrt`` consume. The moments handed on are
+    computed in the promoted dtype of gradient and state; the state keeps them in
+    its format. Python numbers in the tree are taken as JAX arrays (as optax does).
 
     Args:
       b1: decay of the first moment, in [0, 1). 0 disables momentum.
@@ -93,51 +90,37 @@ def scale_by_moments(
     References:
       Kingma & Ba, "Adam: A Method for Stochastic Optimization", arXiv:1412.6980.
     """
-    check_beta("b1", b1)
-    check_beta("b2", b2)
     eps_name = "eps" if eps_inf is None else "eps_inf"  # errors name the keyword passed
-    eps = renamed_keyword("scale_by_moments", "eps_inf", eps_inf, "eps", eps, 0.0)
-    check_non_negative(eps_name, eps)
-    if not isinstance(infinity_norm, bool):
-        raise TypeError(f"infinity_norm must be True or False, got {infinity_norm!r}.")
-    if not infinity_norm and not is_zero(eps):
-        raise ValueError(
-            f"{eps_name}={eps!r} is the epsilon of AdaMax's infinity norm and needs "
-            "infinity_norm=True. For Adam's eps, use scale_by_rsqrt(eps=...)."
-        )
+    eps = renamed_keyword(_STAGE, "eps_inf", eps_inf, "eps", eps, 0.0)
+    _check_options(b1, b2, infinity_norm, eps, eps_name)
     record = InfNormMoments if infinity_norm else Moments
-    mu_format = as_format(mu_dtype, "mu")
-    nu_format = as_format(nu_dtype, "nu")
-    stage = "scale_by_moments"
+    mu_format, nu_format = as_format(mu_dtype, "mu"), as_format(nu_dtype, "nu")
 
     def init_fn(params):
         params = as_arrays(params)
-        check_float_leaves(stage, "parameter", params)
+        check_float_leaves(_STAGE, "parameter", params)
         return ScaleByMomentsState(
-            mu=init_moment(stage, mu_format, "mu", params),
-            nu=init_moment(stage, nu_format, "nu", params),
+            mu=init_moment(_STAGE, mu_format, "mu", params),
+            nu=init_moment(_STAGE, nu_format, "nu", params),
         )
 
     def update_leaf(path, g, mu_stored, nu_stored, mu_key, nu_key):
         m, v = mu_format.decode(mu_stored, g), nu_format.decode(nu_stored, g)
-        check_same_shape(stage, path, g, m, "gradient")
-        check_same_shape(stage, path, g, v, "gradient")
-        mu = (1 - b1) * _widened(g, m) + b1 * m
-        if infinity_norm:
-            nu = jnp.maximum(jnp.abs(g) + eps, b2 * v)
-        else:
-            nu = (1 - b2) * abs_sq(g.astype(jnp.promote_types(g.dtype, v.dtype))) + b2 * v
+        check_same_shape(_STAGE, path, g, m, "gradient")
+        check_same_shape(_STAGE, path, g, v, "gradient")
+        mu = first_moment(g, m, b1)
+        nu = infinity_moment(g, v, b2, eps) if infinity_norm else second_moment(g, v, b2)
         mu_new = mu_format.encode(mu, mu_stored, mu_key)
         return record(mu, nu, g), mu_new, nu_format.encode(nu, nu_stored, nu_key)
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
-        require_update_tree(stage, updates)
+        require_update_tree(_STAGE, updates)
         updates = as_arrays(updates)
-        check_float_leaves(stage, "gradient", updates)
+        check_float_leaves(_STAGE, "gradient", updates)
         paths_and_grads, treedef = jax.tree_util.tree_flatten_with_path(updates)
-        mus, mu_keys, mu_next = read_moment(stage, mu_format, "mu", updates, state.mu)
-        nus, nu_keys, nu_next = read_moment(stage, nu_format, "nu", updates, state.nu)
+        mus, mu_keys, mu_next = read_moment(_STAGE, mu_format, "mu", updates, state.mu)
+        nus, nu_keys, nu_next = read_moment(_STAGE, nu_format, "nu", updates, state.nu)
         leaves = zip(paths_and_grads, mus, nus, mu_keys, nu_keys, strict=True)
         rows = [update_leaf(path, g, *rest) for (path, g), *rest in leaves]
         moments = treedef.unflatten([row[0] for row in rows])
@@ -148,20 +131,55 @@ def scale_by_moments(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def as_arrays(tree: PyTree) -> PyTree:
-    """``tree`` with Python numbers as JAX arrays (optax accepts ``{"a": 1.0}`` params)."""
-    return jax.tree.map(lambda x: x if hasattr(x, "dtype") else jnp.asarray(x), tree)
+def _check_options(b1, b2, infinity_norm, eps, eps_name) -> None:
+    check_beta("b1", b1)
+    check_beta("b2", b2)
+    check_non_negative(eps_name, eps)
+    check_flag("infinity_norm", infinity_norm)
+    if not infinity_norm and not is_zero(eps):
+        raise ValueError(
+            f"{eps_name}={eps!r} is the epsilon of AdaMax's infinity norm and needs "
+            "infinity_norm=True. For Adam's eps, use scale_by_rsqrt(eps=...)."
+        )
 
 
-def _widened(g: jax.Array, m: jax.Array) -> jax.Array:
-    """g, cast to the dtype of (1-b1)·g + b1·m when g's exponent range is narrower.
+# The moment updates. optax.tree.update_moment, update_moment_per_elem_norm and
+# update_infinity_moment compute the same formulas, but mix dtypes by implicit promotion: here
+# the state comes back from its format in a dtype of its own (mu_dtype, an 8-bit code decoded to
+# float32) and injected hyperparameters are float32 arrays, which strict promotion refuses to mix
+# implicitly. So the casts are written out (``promote``, ``ema``): standard promotion's
+# arithmetic, optax's bits (tests/aliases/test_parity_optax.py).
 
-    optax forms (1-b1)·g in g's dtype; for bfloat16 g (float32's exponent range)
-    that only rounds, and adamx keeps it for bit parity with
-    ``optax.adam(mu_dtype=jnp.float32)``. A float16 g would underflow there
-    (0.1·g for |g| < 6e-7), so it is widened first.
+
+def first_moment(g: jax.Array, m: jax.Array, b1: float | jax.Array) -> jax.Array:
+    r""":math:`m_t = (1 - \beta_1) g_t + \beta_1 m_{t-1}`, with (1-β1)·g in g's dtype, as optax.
+
+    For bfloat16 g (float32's exponent range) and a float32 m that only rounds,
+    and adamx keeps it for bit parity with ``optax.adam(mu_dtype=jnp.float32)``.
+    A float16 g would underflow there (0.1·g for |g| < 6e-7), so g is first
+    widened to the dtype of the sum when its exponent range is narrower.
     """
-    wide = jnp.promote_types(g.dtype, m.dtype)
-    if jnp.iscomplexobj(g) or jnp.finfo(g.dtype).minexp <= jnp.finfo(wide).minexp:
-        return g
-    return g.astype(wide)
+    wide = promoted_dtype(g, m)
+    narrow = not jnp.iscomplexobj(g) and jnp.finfo(g.dtype).minexp > jnp.finfo(wide).minexp
+    return ema(g.astype(wide) if narrow else g, m, b1)
+
+
+def second_moment(g: jax.Array, v: jax.Array, b2: float | jax.Array) -> jax.Array:
+    r""":math:`v_t = (1 - \beta_2) |g_t|^2 + \beta_2 v_{t-1}`, with |g|² in the promoted dtype.
+
+    optax squares g in its own dtype; a float16 g squared in float16 flushes v to
+    0 for |g| < 2.4e-4, so g is cast to the dtype of g and v first (the same bits
+    as optax where the two agree). |g|² is Re(conj(g)·g) for complex g.
+    """
+    g = g.astype(promoted_dtype(g, v))
+    return ema((g.conj() * g).real if jnp.iscomplexobj(g) else g * g, v, b2)
+
+
+def infinity_moment(
+    g: jax.Array, u: jax.Array, b2: float | jax.Array, eps: float | jax.Array
+) -> jax.Array:
+    r""":math:`u_t = \max(|g_t| + \varepsilon, \beta_2 u_{t-1})`, as
+    ``optax.tree.update_infinity_moment`` forms it."""
+    grown = jnp.add(*promote(jnp.abs(g), eps))
+    decayed = jnp.multiply(*promote(b2, u))
+    return jnp.maximum(*promote(grown, decayed))

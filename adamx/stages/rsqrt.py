@@ -1,57 +1,30 @@
 """``scale_by_rsqrt``: the adaptive, per-parameter step m̂ / (sqrt(v̂) + eps)."""
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from .._types import InfNormMoments, Moments, map_moments
-from .._validation import check_beta, check_non_negative, is_concrete_number, require_moment_tree
+from .._rates import decay_power, like
+from .._types import InfNormMoments, Moments, map_moments, promote
+from .._validation import check_beta, check_flag, check_non_negative, is_zero, require_moment_tree
 from ._deprecation import renamed_keyword
+
+_STAGE = "scale_by_rsqrt"
 
 
 class ScaleByRsqrtState(NamedTuple):
-    """State of ``scale_by_rsqrt`` when it needs the step (``epsilon_hat`` or rectification)."""
+    """State of ``scale_by_rsqrt`` when it needs the step (``epsilon_hat`` or ``threshold``)."""
 
     count: jax.Array  # shape=(), int32: steps taken, saturating at 2**31 - 1
 
 
-def _check_options(b2, epsilon_hat, threshold, threshold_name="threshold") -> None:
-    if not isinstance(epsilon_hat, bool):
-        raise TypeError(f"epsilon_hat must be True or False, got {epsilon_hat!r}.")
-    if threshold is not None:
-        check_non_negative(threshold_name, threshold)
-    uses_b2 = epsilon_hat or threshold is not None
-    if uses_b2 and b2 is None:
-        raise ValueError(
-            f"epsilon_hat and {threshold_name} depend on the step through 1 - b2**t: pass "
-            "b2 (the second-moment decay given to scale_by_moments), e.g. scale_by_rsqrt("
-            "1e-8, b2=0.999, epsilon_hat=True)."
-        )
-    if b2 is not None:
-        check_beta("b2", b2)
-        if not uses_b2:
-            raise ValueError(
-                "scale_by_rsqrt uses b2 only for epsilon_hat=True or threshold=...; "
-                "pass one of them, or drop b2."
-            )
-
-
-def _rectification(b2: Any, t: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(ρ_t, r_t) of RAdam, as optax.scale_by_radam computes them."""
-    rho_inf = 2.0 / (1.0 - b2) - 1.0
-    b2t = b2**t
-    rho = rho_inf - 2 * t * b2t / (1 - b2t)
-    r = jnp.sqrt((rho - 4.0) * (rho - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho))
-    return rho, r
-
-
 def scale_by_rsqrt(
-    eps: Any = 1e-8,
-    eps_root: Any = 0.0,
+    eps: float | jax.Array = 1e-8,
+    eps_root: float | jax.Array = 0.0,
     *,
-    b2: Any = None,
+    b2: float | jax.Array | None = None,
     epsilon_hat: bool = False,
     threshold: float | jax.Array | None = None,
     rectify_threshold: float | jax.Array | None = None,
@@ -104,12 +77,12 @@ def scale_by_rsqrt(
       Kingma & Ba, arXiv:1412.6980, sections 2 and 7.1; Liu et al., "On the
       Variance of the Adaptive Learning Rate and Beyond", arXiv:1908.03265.
     """
-    check_non_negative("eps", eps)
-    check_non_negative("eps_root", eps_root)
     threshold_name = "threshold" if rectify_threshold is None else "rectify_threshold"
     threshold = renamed_keyword(
-        "scale_by_rsqrt", "rectify_threshold", rectify_threshold, "threshold", threshold, None
+        _STAGE, "rectify_threshold", rectify_threshold, "threshold", threshold, None
     )
+    check_non_negative("eps", eps)
+    check_non_negative("eps_root", eps_root)
     _check_options(b2, epsilon_hat, threshold, threshold_name)
     counted = b2 is not None
 
@@ -117,31 +90,62 @@ def scale_by_rsqrt(
         del params
         return ScaleByRsqrtState(count=jnp.zeros([], jnp.int32)) if counted else optax.EmptyState()
 
-    def adaptive(m: Moments, eps_t: Any, r: Any):
+    def adaptive(m: Moments, eps_t: float | jax.Array, r: jax.Array | None) -> jax.Array:
         if isinstance(m, InfNormMoments):
             _check_inf_norm(eps_root, epsilon_hat, threshold)
-            return m.mu / (m.nu + eps)
-        eps_m = eps_t if isinstance(eps_t, (int, float)) else eps_t.astype(m.nu.dtype)
+            return jnp.divide(*promote(m.mu, jnp.add(*promote(m.nu, eps))))
         mu = m.mu if r is None else r.astype(m.mu.dtype) * m.mu
-        return mu / (jnp.sqrt(m.nu + eps_root) + eps_m)
+        root = jnp.sqrt(jnp.add(*promote(m.nu, eps_root)))
+        return jnp.divide(*promote(mu, root + like(eps_t, root)))
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
-        require_moment_tree("scale_by_rsqrt", updates)
-        if not counted:
-            return map_moments(
-                lambda m: adaptive(m, eps, None).astype(m.grad.dtype), updates
-            ), state
-        t = optax.safe_increment(state.count)
-        eps_t = eps / jnp.sqrt(1 - b2**t) if epsilon_hat else eps
-        if threshold is None:
-            step = lambda m: adaptive(m, eps_t, None)  # noqa: E731
-        else:
-            rho, r = _rectification(b2, t)
-            step = lambda m: jnp.where(rho >= threshold, adaptive(m, eps_t, r), m.mu)  # noqa: E731
-        return map_moments(lambda m: step(m).astype(m.grad.dtype), updates), ScaleByRsqrtState(t)
+        require_moment_tree(_STAGE, updates)
+        eps_t, rho, r, new_state = eps, None, None, state
+        if counted:
+            t = optax.safe_increment(state.count)
+            eps_t = eps / jnp.sqrt(1 - decay_power(b2, t)) if epsilon_hat else eps
+            rho, r = (None, None) if threshold is None else rectification(b2, t)
+            new_state = ScaleByRsqrtState(t)
+
+        def step(m: Moments) -> jax.Array:
+            u = adaptive(m, eps_t, r)
+            if rho is not None:  # below the threshold, plain momentum: u = m̂
+                u = jnp.where(rho >= threshold, *promote(u, m.mu))
+            return u.astype(m.grad.dtype)
+
+        return map_moments(step, updates), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def rectification(b2: float | jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(ρ_t, r_t) of RAdam, as ``optax.scale_by_radam`` computes them (the casts written out)."""
+    rho_inf = 2.0 / (1.0 - b2) - 1.0
+    b2t = decay_power(b2, t)
+    rho = rho_inf - jnp.multiply(*promote(2 * t, b2t)) / (1 - b2t)
+    r = jnp.sqrt((rho - 4.0) * (rho - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho))
+    return rho, r
+
+
+def _check_options(b2, epsilon_hat, threshold, threshold_name) -> None:
+    check_flag("epsilon_hat", epsilon_hat)
+    if threshold is not None:
+        check_non_negative(threshold_name, threshold)
+    uses_b2 = epsilon_hat or threshold is not None
+    if uses_b2 and b2 is None:
+        raise ValueError(
+            f"epsilon_hat and {threshold_name} depend on the step through 1 - b2**t: pass "
+            "b2 (the second-moment decay given to scale_by_moments), e.g. scale_by_rsqrt("
+            "1e-8, b2=0.999, epsilon_hat=True)."
+        )
+    if b2 is not None:
+        check_beta("b2", b2)
+        if not uses_b2:
+            raise ValueError(
+                "scale_by_rsqrt uses b2 only for epsilon_hat=True or threshold=...; "
+                "pass one of them, or drop b2."
+            )
 
 
 def _check_inf_norm(eps_root, epsilon_hat, threshold) -> None:
@@ -151,7 +155,7 @@ def _check_inf_norm(eps_root, epsilon_hat, threshold) -> None:
             "moment, but scale_by_moments(infinity_norm=True) tracks an infinity norm (AdaMax). "
             "Drop these options, or use the default second moment."
         )
-    if not (is_concrete_number(eps_root) and eps_root == 0):
+    if not is_zero(eps_root):
         raise ValueError(
             f"scale_by_rsqrt: eps_root={eps_root!r} goes under a root, but an infinity-norm "
             "second moment (AdaMax) is used without one. Use eps (or scale_by_moments' eps)."

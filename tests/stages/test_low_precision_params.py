@@ -11,6 +11,7 @@ import ml_dtypes
 import numpy as np
 import optax
 import pytest
+from _promotion import reference, reference_schedule, strict
 
 import adamx
 
@@ -127,7 +128,7 @@ def _bf16_regression(tx_tail, steps=1500):
     x = jax.random.normal(kx, (256, 64))
     w_star = 1.0 + jax.random.uniform(kw, (64,))  # O(1) weights: bf16 ulp ~ 0.008
     y = x @ w_star
-    schedule = optax.cosine_decay_schedule(3e-3, steps)
+    schedule = reference_schedule(optax.cosine_decay_schedule(3e-3, steps))  # see _promotion
     tx = optax.chain(adamx.adam(schedule, mu_dtype=jnp.float32, nu_dtype=jnp.float32), *tx_tail)
     params = {"w": jnp.zeros(64, jnp.bfloat16)}
 
@@ -157,7 +158,9 @@ def test_no_retrace_and_state_stable_under_cond_and_multisteps():
     params = {"w": jnp.ones((4, 4), jnp.bfloat16), "f": jnp.ones(3)}
     grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), params)
     for tail in (adamx.stochastic_rounding(1), adamx.kahan_summation()):
-        tx = optax.MultiSteps(optax.chain(optax.adamw(1e-3), tail), every_k_schedule=2)
+        # optax.adamw and MultiSteps's own code under the standard promotion rules (_promotion).
+        inner = optax.chain(reference(optax.adamw(1e-3)), strict(tail))
+        tx = reference(optax.MultiSteps(inner, every_k_schedule=2))
         state0 = tx.init(params)
 
         @jax.jit
@@ -189,5 +192,5 @@ def test_errors_name_the_problem():
     moments = adamx.scale_by_moments().update(params, adamx.scale_by_moments().init(params))[0]
     with pytest.raises(TypeError, match=r"kahan_summation takes gradients/updates"):
         adamx.kahan_summation().update(moments, adamx.kahan_summation().init(params), params)
-    with pytest.raises(TypeError, match=r"seed must be a Python int, got 0.5"):
+    with pytest.raises(TypeError, match=r"seed must be a Python int \(the PRNG seed\), got 0.5"):
         adamx.stochastic_rounding(seed=0.5)

@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from _promotion import reference, reference_schedule
+from _promotion import reference
+from registry import OPTIMIZERS, aliases
 
 import adamx
 
@@ -53,18 +54,10 @@ def run(tx, params, steps: int = STEPS):
     return params
 
 
+# Every alias of the registry with its plain arguments, and two of its variants: a schedule with
+# Nesterov momentum and a callable mask, a bfloat16 m.
 CHAINS = {
-    "adam": lambda: adamx.adam(1e-2),
-    "adamw_schedule": lambda: adamx.adamw(
-        reference_schedule(optax.warmup_cosine_decay_schedule(0.0, 1e-2, 3, 10)),
-        weight_decay=0.3,
-        nesterov=True,
-    ),
-    "nadam": lambda: adamx.nadam(1e-2),
-    "adamax": lambda: adamx.adamax(1e-2),
-    "radam": lambda: adamx.radam(1e-2),
-    "amsgrad": lambda: adamx.amsgrad(1e-2),
-    "adam_mu_bf16": lambda: adamx.adam(1e-2, mu_dtype=jnp.bfloat16),
+    name: OPTIMIZERS[name].make for name in [*aliases(), "adamw_schedule_mask", "adam_mu_bf16"]
 }
 
 
@@ -270,13 +263,6 @@ def test_gradient_and_param_dtypes_must_agree_for_packed_leaves():
 # covers every spec on abstract meshes).
 
 
-@pytest.fixture
-def devices8():
-    if jax.device_count() < 8:
-        pytest.skip("needs the run's 8 CPU devices (conftest: jax_num_cpu_devices)")
-    return jax.devices()[:8]
-
-
 def _put(x, mesh, *spec):
     from jax.sharding import NamedSharding, PartitionSpec
 
@@ -289,8 +275,8 @@ def _adamw_reference(params):
     return jax.jit(tx.update)(params, tx.init(params), params)[0]
 
 
-def test_sharded_small_leaves_are_declined_and_large_ones_keep_their_sharding(devices8):
-    mesh = jax.make_mesh((8,), ("data",), devices=devices8)  # make_mesh's default axes
+def test_sharded_small_leaves_are_declined_and_large_ones_keep_their_sharding(eight_devices):
+    mesh = jax.make_mesh((8,), ("data",), devices=eight_devices)  # make_mesh's default axes
     tx = adamx.multi_tensor(adamx.adamw(1e-2), min_size=64)
     split = _put(jnp.ones(8), mesh, "data")
     # A small leaf split over the devices: packing would gather it, so both decline.
@@ -307,10 +293,12 @@ def test_sharded_small_leaves_are_declined_and_large_ones_keep_their_sharding(de
     chex.assert_trees_all_equal(updates, _adamw_reference(params))
 
 
-def test_explicit_axes_are_read_from_the_types(devices8):
+def test_explicit_axes_are_read_from_the_types(eight_devices):
     from jax.sharding import AxisType
 
-    explicit = jax.make_mesh((8, 1), ("data", "model"), (AxisType.Explicit,) * 2, devices=devices8)
+    explicit = jax.make_mesh(
+        (8, 1), ("data", "model"), (AxisType.Explicit,) * 2, devices=eight_devices
+    )
     tx = adamx.multi_tensor(adamx.adamw(1e-2), min_size=64)
     with jax.set_mesh(explicit):
         with pytest.raises(ValueError, match=r"parameter at \['b'\].*over several devices"):
@@ -326,10 +314,10 @@ def test_explicit_axes_are_read_from_the_types(devices8):
         chex.assert_trees_all_equal(updates, _adamw_reference(params))
 
 
-def test_auto_axes_of_size_one_are_packed_and_host_values_too(devices8):
+def test_auto_axes_of_size_one_are_packed_and_host_values_too(eight_devices):
     from jax.sharding import AxisType
 
-    auto = jax.make_mesh((8, 1), ("data", "model"), (AxisType.Auto,) * 2, devices=devices8)
+    auto = jax.make_mesh((8, 1), ("data", "model"), (AxisType.Auto,) * 2, devices=eight_devices)
     tx = adamx.multi_tensor(adamx.adamw(1e-2), min_size=64)
     params = {
         "b": _put(jnp.arange(8.0), auto, "model"),  # over a size-1 axis: whole on every device

@@ -8,7 +8,6 @@ on each shard): on one device the two agree; on a mesh a split leaf's shards add
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -39,10 +38,8 @@ def test_on_one_device_both_views_agree():
     assert adamx.sharding.state_bytes_per_device(one) == {jax.devices()[0]: BYTES}
 
 
-def test_on_a_mesh_shards_add_up_and_replicas_count_on_every_device():
-    if jax.device_count() < 8:
-        pytest.skip("needs the run's 8 CPU devices (conftest: jax_num_cpu_devices)")
-    mesh = jax.make_mesh((8,), ("data",))
+def test_on_a_mesh_shards_add_up_and_replicas_count_on_every_device(eight_devices):
+    mesh = jax.make_mesh((8,), ("data",), devices=eight_devices)
     split = jax.device_put(jnp.zeros((16, 4)), NamedSharding(mesh, P("data")))
     whole = jax.device_put(STATE, NamedSharding(mesh, P()))
     per_device = adamx.sharding.state_bytes_per_device({"split": split, "whole": whole})

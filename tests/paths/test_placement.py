@@ -83,10 +83,8 @@ def test_a_split_or_explicitly_typed_small_leaf_is_refused_by_name():
     assert flatten_for_packing("pack", "leaf", {"b": split}, 8).layout.loose == (0,)
 
 
-def test_split_leaves_on_devices_are_refused_and_replicated_ones_packed():
-    if jax.device_count() < 8:
-        pytest.skip("needs the run's 8 CPU devices (conftest: jax_num_cpu_devices)")
-    mesh = jax.make_mesh((8,), ("data",), (AUTO,))
+def test_split_leaves_on_devices_are_refused_and_replicated_ones_packed(eight_devices):
+    mesh = jax.make_mesh((8,), ("data",), (AUTO,), devices=eight_devices)
     split = jax.device_put(jnp.ones(8), NamedSharding(mesh, P("data")))
     whole = jax.device_put(jnp.ones(8), NamedSharding(mesh, P()))
     with pytest.raises(ValueError, match=r"pack: the leaf at \['s'\].*gather it onto every"):

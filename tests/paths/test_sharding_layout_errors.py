@@ -17,10 +17,8 @@ import adamx.sharding
 
 
 @pytest.fixture
-def mesh():
-    if jax.device_count() < 8:
-        pytest.skip("needs the run's 8 CPU devices (conftest: jax_num_cpu_devices)")
-    return jax.make_mesh((8,), ("data",))
+def mesh(eight_devices):
+    return jax.make_mesh((8,), ("data",), devices=eight_devices)
 
 
 def _init_tx(init):

@@ -1,6 +1,5 @@
 """Renamed keywords: the old name keeps working for one release and warns, naming the new one."""
 
-import sys
 import warnings
 from typing import Any
 
@@ -14,6 +13,7 @@ def renamed_keyword(
 
     ``old_value`` is None when the caller did not pass ``old``; ``default`` is
     ``new``'s default. Passing both (``new`` not at its default) is a ``TypeError``.
+    The warning points at the caller of ``stage`` (``stacklevel=3``).
     """
     if old_value is None:
         return new_value
@@ -24,14 +24,10 @@ def renamed_keyword(
         raise TypeError(
             f"{stage}: {old}= is the deprecated name of {new}=; pass {new}= only, got both."
         )
-    # adamx's own callers (the aliases) move to the new name in the same issue; until they do,
-    # they pass the old keyword without a warning (warnings are errors in the test suite).
-    caller = sys._getframe(2).f_globals.get("__name__", "")
-    if not caller.startswith("adamx."):
-        warnings.warn(
-            f"{stage}({old}=...) is deprecated and will be removed in the next release: "
-            f"use {stage}({new}=...), which means the same.",
-            DeprecationWarning,
-            stacklevel=3,
-        )
+    warnings.warn(
+        f"{stage}({old}=...) is deprecated and will be removed in the next release: "
+        f"use {stage}({new}=...), which means the same.",
+        DeprecationWarning,
+        stacklevel=3,
+    )
     return old_value

@@ -1,4 +1,15 @@
-"""The stages: small pure gradient transformations that chain into the Adam family."""
+"""The stages: small pure gradient transformations that chain into the Adam family.
+
+In chain order (brackets: optional), on the gradient tree G and the moment tree M
+(one ``adamx.Moments`` record per leaf)::
+
+    G -> [add_coupled_weight_decay] -> scale_by_moments (G -> M) -> [running_max_nu]
+      -> bias_correct -> [running_max_nu] -> scale_by_rsqrt (M -> G)
+      -> [add_decoupled_weight_decay] -> scale_by_lr -> [stochastic_rounding | kahan_summation]
+
+A new stage is a file of its own here; docs/design.md ("How to add a stage") says what it
+takes, returns and must keep.
+"""
 
 from .amsgrad import RunningMaxNuState as RunningMaxNuState
 from .amsgrad import running_max_nu as running_max_nu

@@ -1,5 +1,6 @@
 """adamx: the Adam family as small, composable, pure optax transformations."""
 
+from . import formats as formats
 from . import sharding as sharding
 from ._masks import exclude_paths as exclude_paths
 from ._masks import path_mask as path_mask
@@ -19,9 +20,7 @@ from .aliases import radam as radam
 from .formats import Blockwise8bit as Blockwise8bit
 from .formats import FloatFormat as FloatFormat
 from .formats import MomentFormat as MomentFormat
-from .formats import QuantizedArray as QuantizedArray
 from .formats import QuantizedMoment as QuantizedMoment
-from .formats import StochasticFloat as StochasticFloat
 from .formats import StochasticFloatFormat as StochasticFloatFormat
 from .formats import StochasticFloatMoment as StochasticFloatMoment
 from .formats import blockwise_8bit as blockwise_8bit
@@ -49,6 +48,14 @@ from .stages import stochastic_rounding as stochastic_rounding
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> type:
+    """The renamed records (``QuantizedArray``, ``StochasticFloat``), deprecated for one release."""
+    if name in formats.RENAMED:
+        return formats.renamed(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "BiasCorrectState",
     "Blockwise8bit",
@@ -61,13 +68,11 @@ __all__ = [
     "MultiTensorState",
     "PackedMaskedState",
     "PackedTree",
-    "QuantizedArray",
     "QuantizedMoment",
     "RunningMaxNuState",
     "ScaleByMomentsState",
     "ScaleByRsqrtState",
     "ScheduleState",
-    "StochasticFloat",
     "StochasticFloatFormat",
     "StochasticFloatMoment",
     "StochasticRoundingState",

@@ -11,7 +11,6 @@
   ``write_moment``); ``leaves``: leaf positions through ``adamx.pack``.
 """
 
-import sys
 import warnings
 
 from .blockwise import Blockwise8bit as Blockwise8bit
@@ -46,17 +45,5 @@ def renamed(name: str, *, stacklevel: int = 2) -> type:
 
 def __getattr__(name: str) -> type:
     if name in RENAMED:
-        if _adamx_importing():
-            return globals()[RENAMED[name]]
         return renamed(name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _adamx_importing() -> bool:
-    """True while ``adamx/__init__.py`` runs (it sets ``__version__`` last).
-
-    Transitional: ``adamx/__init__.py`` still imports the deprecated names eagerly;
-    delete this function and its call when it reads them through its own module
-    ``__getattr__`` (``renamed``) instead.
-    """
-    return getattr(sys.modules.get("adamx"), "__version__", None) is None

@@ -36,11 +36,6 @@ def test_renamed_records_warn_and_are_the_same_class(old, new):
         adamx.formats.QuantizedArrays  # noqa: B018
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adamx/__init__.py still imports the renamed records eagerly; once it reads them "
-    "through a module __getattr__ (formats.renamed), delete this marker.",
-)
 @pytest.mark.parametrize(("old", "new"), RENAMED)
 def test_renamed_records_warn_at_the_top_level(old, new):
     with pytest.warns(DeprecationWarning, match=rf"adamx\.{old} is deprecated.*adamx\.{new}"):

@@ -131,7 +131,10 @@ def test_add_decoupled_weight_decay_adds_lambda_theta():
 
 def test_add_decoupled_weight_decay_schedule_and_mask():
     params = {"w": jnp.ones((2, 2)), "b": jnp.ones(2)}
-    schedule = lambda count: 0.5 * (count + 1)  # noqa: E731
+
+    def schedule(count):
+        return 0.5 * (count + 1).astype(jnp.float32)
+
     tx = adamx.add_decoupled_weight_decay(schedule, mask={"w": True, "b": False})
     state = tx.init(params)
     zeros = {"w": jnp.zeros((2, 2)), "b": jnp.zeros(2)}
@@ -147,7 +150,7 @@ def test_scale_by_lr_constant_and_schedule():
     assert tx.init(u) == optax.EmptyState()
     np.testing.assert_allclose(tx.update(u, tx.init(u))[0], [-0.1, 0.2], rtol=1e-6, atol=1e-7)
 
-    tx = adamx.scale_by_lr(lambda count: 1.0 / (count + 1))
+    tx = adamx.scale_by_lr(lambda count: 1.0 / (count + 1).astype(jnp.float32))
     state = tx.init(u)
     for t in range(3):
         out, state = tx.update(u, state)

@@ -1,22 +1,6 @@
 """The quickstart and custom_chain examples run as a user runs them."""
 
-import subprocess
-import sys
-from pathlib import Path
-
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-def _run(script, *args):
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLES / script), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
+from _examples import run_example as _run
 
 
 def test_quickstart_trains_and_matches_optax_exactly():

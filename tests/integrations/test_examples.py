@@ -1,30 +1,17 @@
 """The examples stay runnable: each runs a few steps in a subprocess and saves its plot."""
 
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
+import _examples
 import pytest
+from _examples import EXAMPLES
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PLOTTING = {"MPLBACKEND": "Agg", "JAX_PLATFORMS": "cpu", "TQDM_DISABLE": "1"}
 
 
 def run_example(name, *args, cwd):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env.update(MPLBACKEND="Agg", JAX_PLATFORMS="cpu", TQDM_DISABLE="1")
-    proc = subprocess.run(
-        [sys.executable, str(EXAMPLES / name), *map(str, args)],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, f"{name} failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
+    return _examples.run_example(name, *args, cwd=cwd, env=PLOTTING)
 
 
 def assert_png(path):

@@ -1,9 +1,10 @@
 """Dtype promotion in the tests: strict for adamx, the standard rules for its references.
 
-The whole run uses ``jax_numpy_dtype_promotion="strict"`` (one line of ``conftest.py``), so
-adamx cannot lean on an implicit promotion (``b ** count`` with an int32 count, bfloat16 *
-float32): every cast it needs is written out. Its references are not all
-strict-clean, and are not ours to fix, so they run under the standard rules:
+The test run uses ``jax_numpy_dtype_promotion="strict"`` (``STRICT_PROMOTION`` in
+``conftest.py``, or ``JAX_NUMPY_DTYPE_PROMOTION=strict`` in the environment), so adamx cannot
+lean on an implicit promotion (``b ** count`` with an int32 count, bfloat16 * float32): every
+cast it needs is written out. Its references are not all strict-clean, and are not ours to
+fix, so they run under the standard rules:
 
 * optax's aliases (``optax.adam``'s bias correction ``1 - b ** count``), ``optax.MultiSteps``
   (its running mean divides by an int32 step) and its cosine schedules

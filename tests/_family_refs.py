@@ -39,8 +39,10 @@ def model_params(dtype=jnp.float32, seed: int = 1) -> dict:
     rng = np.random.default_rng(seed)
     shapes = {"dense": {"kernel": (6, 8), "bias": (8,)}, "norm": {"scale": (8,)},
               "out": {"kernel": (8, 3), "bias": (3,)}}  # fmt: skip
-    # Rounded to float32 first, so float32 and float64 runs start from the same point.
-    init = lambda s: jnp.asarray(np.float32(rng.normal(size=s) * 0.5), dtype)  # noqa: E731
+
+    def init(shape):  # rounded to float32 first: float32 and float64 runs start alike
+        return jnp.asarray(np.float32(rng.normal(size=shape) * 0.5), dtype)
+
     return jax.tree.map(init, shapes, is_leaf=lambda s: isinstance(s, tuple))
 
 

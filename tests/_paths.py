@@ -41,7 +41,10 @@ EXACT_PATHS = [name for name, path in PATHS.items() if path.exact]
 
 def unpacked(tree):
     """A tree with any ``PackedTree`` inside it unpacked (states of the multi_tensor path)."""
-    is_packed = lambda x: isinstance(x, adamx.PackedTree)  # noqa: E731
+
+    def is_packed(x):
+        return isinstance(x, adamx.PackedTree)
+
     return jax.tree.map(lambda x: x.unpack() if is_packed(x) else x, tree, is_leaf=is_packed)
 
 

@@ -21,7 +21,10 @@ MIN_SIZE = 16  # the biases and the norm's scale and bias are packed, the kernel
 
 def as_pure(tree):
     """The arrays inside nnx Variables (``nnx.as_pure`` exists from flax 0.12.7; floor: 0.12.0)."""
-    is_variable = lambda x: isinstance(x, nnx.Variable)  # noqa: E731
+
+    def is_variable(x):
+        return isinstance(x, nnx.Variable)
+
     return jax.tree.map(lambda x: x.value if is_variable(x) else x, tree, is_leaf=is_variable)
 
 

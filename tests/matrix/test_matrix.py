@@ -150,7 +150,10 @@ CELLS = [pytest.param(cell, id="-".join(cell), marks=_marks(cell)) for cell in F
 # The tree and the loss.
 
 SHAPES = {"w": (64, 128), "b": (128,), "layers": [{"k": (4, 8)}], "s": ()}
-_is_shape = lambda x: isinstance(x, tuple)  # noqa: E731
+
+
+def _is_shape(x) -> bool:
+    return isinstance(x, tuple)
 
 
 def make_params(dtype) -> dict:

@@ -59,7 +59,10 @@ def test_inexpressible_cells_are_not_run(name):
 def test_pending_entries_name_cells_that_should_work():
     """Each entry names cells expected to work once fixed (refusals take precedence).
     PENDING is empty once every known defect is fixed; then there is nothing to check."""
-    refused = lambda cell: any(rule.applies(cell) for rule in REFUSALS.values())  # noqa: E731
+
+    def refused(cell):
+        return any(rule.applies(cell) for rule in REFUSALS.values())
+
     for defect, applies in PENDING.items():
         cells = [cell for cell in FULL if applies(cell) and not refused(cell)]
         assert cells, f"PENDING[{defect!r}] matches no working cell: delete it"

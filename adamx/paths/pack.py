@@ -11,9 +11,9 @@ from typing import Any, NamedTuple
 import jax
 
 from .._packed import Layout, PackedTree, pack_leaves, plan_layout
+from .._placement import check_packable
 from .._types import PyTree
 from .._validation import check_size
-from ._placement import check_packable
 
 _MIN_SIZE_MEANS = "leaves smaller than it are packed"
 

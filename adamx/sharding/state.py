@@ -7,8 +7,8 @@ import jax
 import optax
 from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec, Sharding
 
+from .._placement import sharding_of
 from .._types import PyTree
-from ..paths._placement import sharding_of
 from ._misfit import checked_trace
 from ._trace import REPLICATED, mesh_key, shape_dtype, spec_of
 

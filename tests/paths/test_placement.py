@@ -14,7 +14,7 @@ from jax.sharding import AbstractMesh, AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import adamx
-from adamx.paths._placement import is_split, names_explicit_axes, sharding_of
+from adamx._placement import is_split, names_explicit_axes, sharding_of
 from adamx.paths.pack import flatten_for_packing
 
 EXPLICIT, AUTO = AxisType.Explicit, AxisType.Auto

@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from .._packed import Layout
+from ._packed import Layout
 
 Sharding = jax.sharding.Sharding
 

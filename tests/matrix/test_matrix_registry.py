@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 import pytest
+from _cells import FULL, PAIRWISE
 from _streams import make_mixed_params
 from registry import (
     FORMATS,
@@ -18,7 +19,6 @@ from registry import (
     Cell,
     compose,
 )
-from test_matrix import FULL, PAIRWISE
 
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))

@@ -149,6 +149,7 @@ def _first_moment(b1, nesterov, correct_mu, mu, grad, t) -> PyTree:
 
 
 def _times(c: float | jax.Array, x: jax.Array) -> jax.Array:
+    """c·x in their promoted dtype (an injected float32 β times a bfloat16 leaf: float32)."""
     return jnp.multiply(*promote(c, x))
 
 

@@ -7,8 +7,9 @@ its state are exactly those of the optimizer without the option.
 
 import optax
 
+from .._types import Mask
 from .._validation import is_zero
-from ..stages.weight_decay import Mask, add_coupled_weight_decay, add_decoupled_weight_decay
+from ..stages.weight_decay import add_coupled_weight_decay, add_decoupled_weight_decay
 
 
 def chain(

@@ -3,10 +3,10 @@
 import jax
 import optax
 
+from .._types import Mask
 from .._validation import check_flag
 from ..formats import MomentFormat
 from ..stages import bias_correct, scale_by_lr, scale_by_moments, scale_by_rsqrt
-from ..stages.weight_decay import Mask
 from ._parts import chain, decoupled, l2_penalty
 
 

@@ -2,7 +2,6 @@
 
 import functools
 import sys
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -12,10 +11,8 @@ import optax
 
 from .._masks import check_not_masked_packed, contains_packed, resolve_mask
 from .._rates import current_rate, init_rate_state
-from .._types import PyTree
+from .._types import Mask, promote
 from .._validation import flatten_like_updates, is_zero, require_params, require_update_tree
-
-Mask = PyTree | Callable[[PyTree], PyTree]
 
 
 class PackedMaskedState(NamedTuple):
@@ -83,9 +80,13 @@ def _decay_leaf(
     if not isinstance(flag, np.ndarray) or flag.ndim == 0:
         if not flag:
             return u
-        # A scheduled λ_t is float32: u + λ_t·θ is formed in float32 and rounded once.
-        return (u + decay * theta).astype(u.dtype)
-    return jnp.where(flag, (u + decay * theta).astype(u.dtype), u)
+        return _decayed(u, theta, decay)
+    return jnp.where(flag, _decayed(u, theta, decay), u)
+
+
+def _decayed(u: jax.Array, theta: jax.Array, decay: jax.typing.ArrayLike) -> jax.Array:
+    """u + λ·θ in the operands' promoted dtype (float32 for a scheduled λ_t), rounded once."""
+    return jnp.add(*promote(u, jnp.multiply(*promote(decay, theta)))).astype(u.dtype)
 
 
 # optax.tree_map_params calls init with this placeholder instead of params (optax.masked

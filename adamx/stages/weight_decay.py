@@ -8,8 +8,8 @@ may be divided by the learning rate's peak α̂ (fully decoupled).
 import jax
 import optax
 
+from .._types import Mask
 from .._validation import check_flag, check_scalar_or_schedule, is_concrete_number
-from ._masked_decay import Mask as Mask
 from ._masked_decay import PackedMaskedState as PackedMaskedState
 from ._masked_decay import masked_decay
 

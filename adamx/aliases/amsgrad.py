@@ -46,10 +46,8 @@ def amsgrad(
 
     Args:
       learning_rate, b1, b2, eps, eps_root, mu_dtype: as in :func:`adamx.adam`.
-      bias_correction_mu: correct m (False: the original AMSGrad paper); optax's
-        name for ``bias_correct``'s ``correct_mu``.
-      bias_correction_nu: correct v (False: the max of the raw v, never corrected);
-        ``bias_correct``'s ``correct_nu``.
+      bias_correction_mu: correct m (False: the original AMSGrad paper).
+      bias_correction_nu: correct v (False: the max of the raw v, never corrected).
       max_of: "corrected" (optax) or "raw" (torch, Keras).
       epsilon_hat: add ε to the uncorrected root (Keras).
       weight_decay: coupled L2 λ (torch's ``weight_decay``); None (default) or 0: none.
@@ -77,7 +75,12 @@ def amsgrad(
         l2_penalty(weight_decay, mask),
         scale_by_moments(b1, b2, mu_dtype, nu_dtype=nu_dtype),
         running_max_nu(nu_dtype) if max_of == "raw" else None,
-        bias_correct(b1, b2, correct_mu=bias_correction_mu, correct_nu=bias_correction_nu),
+        bias_correct(
+            b1,
+            b2,
+            bias_correction_mu=bias_correction_mu,
+            bias_correction_nu=bias_correction_nu,
+        ),
         running_max_nu(nu_dtype) if max_of == "corrected" else None,
         scale_by_rsqrt(eps, eps_root, b2=b2 if epsilon_hat else None, epsilon_hat=epsilon_hat),
         scale_by_lr(learning_rate),

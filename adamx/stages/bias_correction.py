@@ -10,6 +10,9 @@ import optax
 from .._rates import decay_power, like
 from .._types import InfNormMoments, Moments, PyTree, map_moments, promote
 from .._validation import check_beta, check_flag, check_non_negative, require_moment_tree
+from ._deprecation import renamed_keyword
+
+_STAGE = "bias_correct"
 
 
 class BiasCorrectState(NamedTuple):
@@ -31,8 +34,10 @@ def bias_correct(
     *,
     nesterov: bool = False,
     momentum_decay: float | jax.Array | None = None,
-    correct_mu: bool = True,
-    correct_nu: bool = True,
+    bias_correction_mu: bool = True,
+    bias_correction_nu: bool = True,
+    correct_mu: bool | None = None,
+    correct_nu: bool | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Divide the moments by :math:`1 - \beta^t`, so early steps are not too small.
 
@@ -65,9 +70,11 @@ def bias_correct(
       nesterov: use Nesterov momentum for the first moment.
       momentum_decay: ψ of PyTorch's NAdam (its default is 4e-3); needs
         ``nesterov=True``. None: the constant momentum β1 (optax).
-      correct_mu: correct m (False: the original AMSGrad paper, ``optax.amsgrad``'s
-        ``bias_correction_mu=False``).
-      correct_nu: correct v (``optax.amsgrad``'s ``bias_correction_nu``).
+      bias_correction_mu: correct m (False: the original AMSGrad paper; the name of
+        ``optax.amsgrad`` and ``adamx.amsgrad``).
+      bias_correction_nu: correct v.
+      correct_mu, correct_nu: deprecated names of ``bias_correction_mu`` and
+        ``bias_correction_nu`` (they warn, for one release).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` with ``BiasCorrectState``
@@ -75,7 +82,7 @@ def bias_correct(
 
     Raises:
       ValueError: ``momentum_decay`` without ``nesterov=True``; ``nesterov=True``
-        with ``correct_mu=False``.
+        with ``bias_correction_mu=False``.
 
     Example:
       >>> import adamx, optax
@@ -89,6 +96,12 @@ def bias_correct(
       Kingma & Ba, arXiv:1412.6980, section 3; Dozat, "Incorporating Nesterov
       Momentum into Adam", ICLR 2016 workshop.
     """
+    correct_mu = renamed_keyword(
+        _STAGE, "correct_mu", correct_mu, "bias_correction_mu", bias_correction_mu, True
+    )
+    correct_nu = renamed_keyword(
+        _STAGE, "correct_nu", correct_nu, "bias_correction_nu", bias_correction_nu, True
+    )
     _check_options(b1, b2, nesterov, momentum_decay, correct_mu, correct_nu)
     scheduled = momentum_decay is not None
 
@@ -182,8 +195,8 @@ def _check_options(b1, b2, nesterov, momentum_decay, correct_mu, correct_nu) -> 
     check_beta("b1", b1)
     check_beta("b2", b2)
     check_flag("nesterov", nesterov)
-    check_flag("correct_mu", correct_mu)
-    check_flag("correct_nu", correct_nu)
+    check_flag("bias_correction_mu", correct_mu)
+    check_flag("bias_correction_nu", correct_nu)
     if momentum_decay is not None:
         check_non_negative("momentum_decay", momentum_decay)
         if not nesterov:
@@ -194,5 +207,5 @@ def _check_options(b1, b2, nesterov, momentum_decay, correct_mu, correct_nu) -> 
     if nesterov and not correct_mu:
         raise ValueError(
             "nesterov=True corrects the first moment by construction; it cannot be combined "
-            "with correct_mu=False."
+            "with bias_correction_mu=False."
         )

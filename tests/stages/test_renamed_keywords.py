@@ -44,9 +44,25 @@ def test_scale_by_rsqrt_rectify_threshold_is_threshold():
     _assert_identical(_updates(*moments, old), _updates(*moments, new))
 
 
+@pytest.mark.parametrize("which", ["mu", "nu"])
+def test_bias_correct_correct_mu_nu_are_bias_correction_mu_nu(which):
+    """The stage takes optax.amsgrad's (and adamx.amsgrad's) names; the old ones warn."""
+    with pytest.warns(DeprecationWarning, match=rf"bias_correct\(correct_{which}=\.\.\.\).*"
+                      rf"use bias_correct\(bias_correction_{which}=\.\.\.\)"):  # fmt: skip
+        old = adamx.bias_correct(0.9, 0.999, **{f"correct_{which}": False})
+    new = adamx.bias_correct(0.9, 0.999, **{f"bias_correction_{which}": False})
+    plain = adamx.bias_correct(0.9, 0.999)
+    first = adamx.scale_by_moments(0.9, 0.999)
+    tail = adamx.scale_by_rsqrt(1e-8)
+    _assert_identical(_updates(first, old, tail), _updates(first, new, tail))
+    assert not np.array_equal(_updates(first, new, tail)[0], _updates(first, plain, tail)[0])
+
+
 @pytest.mark.parametrize(
     ("make", "match"),
     [
+        (lambda: adamx.bias_correct(bias_correction_mu=False, correct_mu=False),
+         r"correct_mu= is the deprecated name of bias_correction_mu="),
         (lambda: adamx.scale_by_moments(infinity_norm=True, eps=1e-3, eps_inf=1e-3),
          r"eps_inf= is the deprecated name of eps=; pass eps= only"),
         (lambda: adamx.scale_by_rsqrt(b2=0.999, threshold=5.0, rectify_threshold=5.0),

@@ -96,3 +96,11 @@ def reference_factory(factory: Callable) -> Callable:
         return reference(factory(*args, **kwargs))
 
     return make
+
+
+def apply_reference_updates(params: optax.Params, updates: optax.Updates) -> optax.Params:
+    """``optax.apply_updates`` of a reference's updates, under the standard rules: optax's own
+    updates may be wider than the params (float32 for bfloat16 params under a scheduled
+    decay), and ``apply_updates`` adds them before casting back."""
+    with standard():
+        return optax.apply_updates(params, updates)

@@ -12,8 +12,9 @@ fix, so they run under the standard rules:
 * Keras's optimizers (``_family_refs.run_keras``).
 
 ``reference(tx)`` wraps a reference transformation, ``reference_factory(optax.adamw)`` a
-factory of them, ``reference_schedule(fn)`` a reference schedule, ``standard()`` is the context
-for anything else. An optax wrapper that is not strict-clean around adamx runs as
+factory of them, ``reference_schedule(fn)`` a reference schedule, ``apply_reference_updates``
+applies a reference's updates (optax's may be wider than the params), ``standard()`` is the
+context for anything else. An optax wrapper that is not strict-clean around adamx runs as
 ``reference(host(strict(inner)))``: the host's own code under the standard rules, adamx inside
 it under the run's again (the innermost context wins). Measured with optax 0.2.8 around
 ``optax.sgd``:

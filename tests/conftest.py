@@ -14,7 +14,7 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 # step count promoted): adamx writes every cast out. References that are not strict-clean
 # (optax, Keras) run under the standard rules through _promotion.py. THE switch: with it off,
 # JAX_NUMPY_DTYPE_PROMOTION=strict in the environment turns strict on for a run.
-STRICT_PROMOTION = False
+STRICT_PROMOTION = True
 if STRICT_PROMOTION:
     jax.config.update("jax_numpy_dtype_promotion", "strict")
 # The sharded tests (the matrix's sharded paths, tests/paths/test_sharding*.py, ...) need a

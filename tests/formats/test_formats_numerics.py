@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _promotion import reference
 
 import adamx
 
@@ -128,7 +129,7 @@ def test_overflowed_second_moment_gives_a_zero_step_as_in_float32():
     huge = g.at[2, 5].set(1e20)  # g² = 1e40 overflows float32 to +inf: v = inf, step 0
     v8 = adamx.blockwise_8bit()
     tx8 = adamx.adam(1e-3, nu_dtype=v8)
-    ref = optax.adam(1e-3)
+    ref = reference(optax.adam(1e-3))
     s8, s32, clean = tx8.init(params), ref.init(params), tx8.init(params)
     for _ in range(3):  # v stays +inf in the state
         u8, s8 = tx8.update({"w": huge}, s8, params)
@@ -146,7 +147,7 @@ def test_nan_in_the_second_moment_stays_nan():
     params = {"w": jnp.zeros((16, 512))}
     g = jax.random.normal(jax.random.key(4), (16, 512)).at[1, 7].set(jnp.nan)
     v8 = adamx.blockwise_8bit(signed=False)
-    tx, ref = adamx.adam(1e-3, nu_dtype=v8, b1=0.0), optax.adam(1e-3, b1=0.0)
+    tx, ref = adamx.adam(1e-3, nu_dtype=v8, b1=0.0), reference(optax.adam(1e-3, b1=0.0))
     u8, s8 = tx.update({"w": g}, tx.init(params), params)
     u32, _ = ref.update({"w": g}, ref.init(params), params)
     assert np.isnan(u8["w"][1, 7]) and np.isnan(u32["w"][1, 7])
@@ -176,7 +177,7 @@ def _steady_steps(mu_dtype, nu_dtype, steps=300):
         return jnp.mean(u1[-100:]), jnp.mean(u2[-100:])
 
     tx = adamx.adam(1e-3, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
-    got, ref = jax.jit(lambda: run(tx))(), jax.jit(lambda: run(optax.adam(1e-3)))()
+    got, ref = jax.jit(lambda: run(tx))(), jax.jit(lambda: run(reference(optax.adam(1e-3))))()
     return float(got[0] / ref[0]), float(got[1] / ref[1])
 
 
@@ -215,7 +216,7 @@ def test_bf16_params_with_default_storage_stay_bit_identical_to_optax():
     # for a float32 m); optax's update is float32 there, adamx's has the gradient's dtype.
     params = {"w": jax.random.normal(jax.random.key(0), (32, 16)).astype(jnp.bfloat16)}
     for kwargs in ({}, {"mu_dtype": jnp.float32}):
-        tx, ref = adamx.adam(1e-3, **kwargs), optax.adam(1e-3, **kwargs)
+        tx, ref = adamx.adam(1e-3, **kwargs), reference(optax.adam(1e-3, **kwargs))
         s, r = tx.init(params), ref.init(params)
         for i in range(4):
             g = jax.tree.map(lambda p: jnp.sin(p * (i + 1)), params)
@@ -266,7 +267,7 @@ def test_narrow_gradients_meet_a_float32_state_in_float32(dtype, g):
 def test_python_float_leaves_work_as_in_optax(alias):
     params = {"a": 1.0, "b": jnp.linspace(-1.0, 1.0, 5)}
     grads = {"a": 0.5, "b": jnp.linspace(0.3, -0.2, 5)}
-    tx, ref = getattr(adamx, alias)(1e-2), getattr(optax, alias)(1e-2)
+    tx, ref = getattr(adamx, alias)(1e-2), reference(getattr(optax, alias)(1e-2))
     s, r = tx.init(params), ref.init(params)
     for _ in range(3):
         u, s = tx.update(grads, s, params)

@@ -1,14 +1,9 @@
 """8-bit moments on an 8-device CPU mesh: the state follows the parameters' sharding.
 
-The 8 devices need ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` before jax
-starts, so the checks run in one subprocess (this file run as a script), which prints
-a JSON report; the tests read it. Reference: the same steps on one device, unsharded.
+The 8 devices are the test run's own (``conftest.py`` sets ``jax_num_cpu_devices``); the
+module fixture runs the steps once per axis type and the tests read its report.
+Reference: the same steps on one device, unsharded.
 """
-
-import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -75,17 +70,8 @@ def _run_checks(mode: str) -> dict:
 
 
 @pytest.fixture(scope="module", params=["auto", "explicit"])
-def report(request):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    proc = subprocess.run(
-        [sys.executable, __file__, request.param],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def report(request, eight_devices):
+    return _run_checks(request.param)
 
 
 def test_quantized_state_is_sharded_like_the_parameter(report):
@@ -102,7 +88,3 @@ def test_quantized_state_is_sharded_like_the_parameter(report):
 
 def test_sharded_run_equals_the_unsharded_run_bit_for_bit(report):
     assert report["equal"] and all(report["equal"].values()), report["equal"]
-
-
-if __name__ == "__main__":
-    print(json.dumps(_run_checks(sys.argv[1])))

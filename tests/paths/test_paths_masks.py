@@ -16,6 +16,7 @@ import numpy as np
 import optax
 import pytest
 from _paths import assert_path_matches
+from _promotion import apply_reference_updates, reference_factory
 
 import adamx
 from adamx.stages.weight_decay import PackedMaskedState
@@ -49,16 +50,17 @@ MASKS = {
     },
 }
 
+OPTAX_ADAMW = reference_factory(optax.adamw)  # under the standard promotion rules (_promotion)
 # name: (adamx factory of (weight_decay, mask), reference factory of the same, or None for the
 # per-leaf adamx chain, which the parity suites hold to optax/torch).
 OPTIMIZERS = {
     "adamw": (
         lambda wd, mask: adamx.adamw(1e-2, weight_decay=wd, mask=mask),
-        lambda wd, mask: optax.adamw(1e-2, weight_decay=wd, mask=mask),
+        lambda wd, mask: OPTAX_ADAMW(1e-2, weight_decay=wd, mask=mask),
     ),
     "adamw_decay_schedule": (
         lambda wd, mask: adamx.adamw(1e-2, weight_decay=DECAY_SCHEDULE, mask=mask),
-        lambda wd, mask: optax.adamw(1e-2, weight_decay=DECAY_SCHEDULE, mask=mask),
+        lambda wd, mask: OPTAX_ADAMW(1e-2, weight_decay=DECAY_SCHEDULE, mask=mask),
     ),
     "nadamw": (lambda wd, mask: adamx.nadamw(1e-2, weight_decay=wd, mask=mask), None),
     "adamaxw": (lambda wd, mask: adamx.adamaxw(1e-2, weight_decay=wd, mask=mask), None),
@@ -80,7 +82,8 @@ def grad_of(tree, step):
 
 
 def run_per_leaf(tx, params, steps=STEPS):
-    update, apply = jax.jit(tx.update), jax.jit(optax.apply_updates)
+    # optax's float32 updates onto bfloat16 params: added under the standard rules (_promotion).
+    update, apply = jax.jit(tx.update), jax.jit(apply_reference_updates)
     state = tx.init(params)
     for i in range(steps):
         updates, state = update(jax.jit(grad_of)(params, i), state, params)

@@ -1,17 +1,11 @@
 """adamx on a jax.sharding.Mesh of 8 CPU devices: layouts kept, no collectives, ZeRO-1.
 
-The 8 devices need ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` before jax
-starts, which must not leak into the main test process. So this file is also a
-script: the module fixture runs it once in a subprocess with the flag, it runs every
-check in ``CHECKS`` and prints a JSON verdict per check, and each pytest test reports
-its check (with the subprocess's traceback on failure).
+The 8 devices are the test run's own (``conftest.py`` sets ``jax_num_cpu_devices``): each
+check of ``CHECKS`` is one test, in this process.
 """
-
-import os
 
 import numpy as np
 import pytest
-from _eight_devices import report, run_checks, verdicts_of
 
 N_DEVICES = 8
 COLLECTIVES = ("all-gather", "all-reduce", "all-to-all", "collective-permute", "reduce-scatter")
@@ -29,7 +23,7 @@ LAYOUTS = {
 
 
 # ---------------------------------------------------------------------------
-# The checks (run inside the 8-device subprocess only).
+# The checks (each builds its own 8-device mesh).
 
 
 def _mesh(layout, mode):
@@ -58,10 +52,11 @@ def _optimizers():
     import jax
     import jax.numpy as jnp
     import optax
+    from _promotion import reference_schedule
 
     import adamx
 
-    schedule = optax.warmup_cosine_decay_schedule(0.0, 1e-2, 2, 10)
+    schedule = reference_schedule(optax.warmup_cosine_decay_schedule(0.0, 1e-2, 2, 10))
     decay_matrices = lambda p: jax.tree.map(lambda x: x.ndim > 1, p)  # noqa: E731
     # name: (optimizer, how close to one device). XLA:CPU fuses each layout's program on its
     # own: it may contract a*b + c into an FMA in one and not the other (a float32 rounding of
@@ -254,29 +249,13 @@ CHECKS["zero1-explicit"] = lambda: _check_zero1("explicit")
 CHECKS["zero1-auto"] = lambda: _check_zero1("auto")
 
 
-def _main():
-    run_checks(CHECKS, N_DEVICES)
-
-
 # ---------------------------------------------------------------------------
-# The tests (main process).
-
-
-@pytest.fixture(scope="module")
-def verdicts():
-    return verdicts_of(__file__, N_DEVICES, timeout=300)
+# The tests.
 
 
 @pytest.mark.parametrize("check", list(CHECKS))
-def test_on_eight_devices(verdicts, check):
-    report(verdicts, check, N_DEVICES)
-
-
-def test_main_process_is_not_multi_device():
-    import jax
-
-    assert "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
-    assert jax.device_count() >= 1
+def test_on_eight_devices(eight_devices, check):
+    CHECKS[check]()
 
 
 def test_zero1_rejects_unknown_axis():
@@ -392,7 +371,3 @@ def test_zero1_update_without_params_lays_out_the_state_from_the_updates():
     without = jax.jit(lambda g, s: tx.update(g, s))(grads, state)
     chex.assert_trees_all_equal(with_params, without)
     chex.assert_trees_all_equal(with_params, jax.jit(adamx.adam(1e-2).update)(grads, state, params))
-
-
-if __name__ == "__main__":
-    _main()

@@ -8,16 +8,14 @@ than a shard failed deep inside JAX. The checks here are stated without referenc
 format lays out its arrays: bytes per device against the unsharded state, the collectives
 in the compiled step, and results against the unsharded run.
 
-The 8 devices need ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` before jax
-starts, so this file is also a script: a module fixture runs every check in ``CHECKS``
-once in a subprocess, which prints a JSON verdict per check.
+The 8 devices are the test run's own (``conftest.py`` sets ``jax_num_cpu_devices``): each
+check of ``CHECKS`` is one test, in this process.
 """
 
 import re
 
 import numpy as np
 import pytest
-from _eight_devices import report, run_checks, verdicts_of
 
 N = 8
 COLLECTIVES = ("all-gather", "all-reduce", "all-to-all", "collective-permute", "reduce-scatter")
@@ -43,7 +41,7 @@ SPECS = {
 
 
 # ---------------------------------------------------------------------------
-# Helpers (run inside the 8-device subprocess only).
+# Helpers (each check builds its own 8-device mesh).
 
 
 def _is_shape(x):
@@ -383,23 +381,6 @@ for _mode in ("auto", "explicit"):
 CHECKS["block_longer_than_shard"] = _check_block_longer_than_shard
 
 
-def _main():
-    run_checks(CHECKS, N)
-
-
-# ---------------------------------------------------------------------------
-# The tests (main process).
-
-
-@pytest.fixture(scope="module")
-def verdicts():
-    return verdicts_of(__file__, N, timeout=600)
-
-
 @pytest.mark.parametrize("check", list(CHECKS))
-def test_on_eight_devices(verdicts, check):
-    report(verdicts, check, N)
-
-
-if __name__ == "__main__":
-    _main()
+def test_on_eight_devices(eight_devices, check):
+    CHECKS[check]()

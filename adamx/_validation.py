@@ -61,6 +61,21 @@ def check_choice(name: str, value: Any, choices: tuple, meaning: str = "") -> No
         raise ValueError(f"{name} must be one of {options}, got {value!r}. {meaning}".rstrip())
 
 
+def check_power_of_two(name: str, value: Any, *, examples: str = "", why: str = "") -> None:
+    """An int power of two >= 2; ``examples`` and ``why`` complete the message."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 2 or (value & (value - 1)):
+        shown = f" {examples}" if examples else ""
+        message = f"{name} must be a power of two >= 2{shown}, got {value!r}. {why}"
+        raise ValueError(message.rstrip())
+
+
+def check_positive_number(name: str, value: Any, why: str = "") -> None:
+    """A number (or scalar array) > 0, not a schedule; ``why`` says what it is for."""
+    check_scalar_or_schedule(name, value)
+    if callable(value) or (is_concrete_number(value) and value <= 0):
+        raise ValueError(f"{name} must be a number > 0, got {value!r}: {why}".rstrip(": "))
+
+
 def check_beta(name: str, value: Any) -> None:
     """A decay rate must lie in [0, 1): b = 1 would freeze the moving average."""
     if isinstance(value, bool) or not (is_concrete_number(value) or _is_array_like(value)):

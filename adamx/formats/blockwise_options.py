@@ -1,6 +1,6 @@
 """``blockwise_8bit(...)``: the user's constructor of the 8-bit format, and its checks."""
 
-from .._validation import check_flag, check_seed, check_size
+from .._validation import check_flag, check_power_of_two, check_seed, check_size
 from .blockwise import Blockwise8bit
 from .qmaps import is_float_map, resolve_qmap
 
@@ -96,11 +96,11 @@ def _check_options(
 ) -> None:
     """Each argument of ``blockwise_8bit`` alone, then the pairs that contradict each other."""
     check_flag("signed", signed, optional=True)
-    _check_power_of_two(
+    check_power_of_two(
         "block_size",
         block_size,
-        "(such as 64, 256 or 2048)",
-        "Blocks are cut along the last axis; a power of two divides the per-device length "
+        examples="(such as 64, 256 or 2048)",
+        why="Blocks are cut along the last axis; a power of two divides the per-device length "
         "of a sharded axis, so blocks never straddle devices.",
     )
     check_size("min_size", min_size, minimum=0, what="elements")
@@ -118,14 +118,6 @@ def _check_options(
             f'(or "e<E>m<M>"), got qmap={qmap!r}.'
         )
     check_seed("seed", seed)
-
-
-def _check_power_of_two(name: str, value: object, examples: str, why: str) -> None:
-    """``value`` must be an int power of two >= 2 (belongs in ``adamx._validation``)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 2 or (value & (value - 1)):
-        raise ValueError(
-            f"{name} must be a power of two >= 2 {examples}, got {value!r}. {why}".rstrip()
-        )
 
 
 def _check_qmap(qmap: object, signed: bool | None) -> None:

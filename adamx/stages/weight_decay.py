@@ -9,7 +9,11 @@ import jax
 import optax
 
 from .._types import Mask
-from .._validation import check_flag, check_scalar_or_schedule, is_concrete_number
+from .._validation import (
+    check_flag,
+    check_positive_number,
+    check_scalar_or_schedule,
+)
 from ._masked_decay import PackedMaskedState as PackedMaskedState
 from ._masked_decay import masked_decay
 
@@ -130,7 +134,7 @@ def _peak(
             )
         return None
     if peak_learning_rate is not None:
-        _check_peak(
+        check_positive_number(
             "peak_learning_rate",
             peak_learning_rate,
             "it is the peak α̂ of the learning-rate schedule, which fully decoupled decay "
@@ -148,7 +152,7 @@ def _peak(
             "given to scale_by_lr (or learning_rate=α when it is constant): the decay per "
             "step is weight_decay * α_t / α̂."
         )
-    _check_peak(
+    check_positive_number(
         "learning_rate",
         learning_rate,
         "with fully_decoupled=True and no peak_learning_rate, the learning rate is the peak "
@@ -156,13 +160,6 @@ def _peak(
         "schedule), or a learning_rate > 0.",
     )
     return learning_rate
-
-
-def _check_peak(name: str, value: object, why: str) -> None:
-    """α̂ must be a number > 0; ``why`` explains. (A validator that belongs in _validation.py.)"""
-    check_scalar_or_schedule(name, value)
-    if callable(value) or (is_concrete_number(value) and value <= 0):
-        raise ValueError(f"{name} must be a number > 0, got {value!r}: {why}")
 
 
 def _divided(

@@ -84,3 +84,20 @@ def run_open_loop(tx, params, steps: int, seed: int = 0):
         return params, state, updates
 
     return run(params, gradient_stream(params, steps, seed))
+
+
+def jitted_step(tx):
+    """One jitted training step, ``(params, state, grads) -> (params, state)``."""
+
+    def step(params, state, grads):
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    return jax.jit(step)
+
+
+def run_steps(step, params, state, grads_list):
+    """``step`` applied once per gradient tree of ``grads_list``: the final params and state."""
+    for grads in grads_list:
+        params, state = step(params, state, grads)
+    return params, state

@@ -5,8 +5,13 @@ module fixture runs the steps once per axis type and the tests read its report.
 Reference: the same steps on one device, unsharded.
 """
 
+import jax
 import numpy as np
+import optax
 import pytest
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+import adamx
 
 SHAPES = {"lead": (64, 2048), "last": (16, 4096), "small": (2048,)}
 SPECS = {"lead": ("x", None), "last": (None, "x"), "small": ()}
@@ -18,11 +23,6 @@ SMALL = 2 * 2048 * 4
 
 
 def _run_checks(mode: str) -> dict:
-    import jax
-    import optax
-    from jax.sharding import AxisType, NamedSharding, PartitionSpec
-
-    import adamx
 
     kind = AxisType.Explicit if mode == "explicit" else AxisType.Auto
     mesh = jax.make_mesh((8,), ("x",), (kind,))

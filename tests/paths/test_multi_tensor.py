@@ -4,7 +4,9 @@ References: the same chain run per leaf (adamx), optax's own optimizers, and a
 NumPy view of the packing (which leaf lands where in a bucket).
 """
 
+import doctest
 import functools
+import importlib
 
 import chex
 import jax
@@ -12,8 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _paths import assert_path_matches
 from _promotion import reference
-from registry import OPTIMIZERS, aliases
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
+from registry import OPTIMIZERS, aliases, matrices
 
 import adamx
 
@@ -203,7 +207,7 @@ def test_an_adamx_mask_inside_the_chain_matches_optax_adamw_with_the_mask(mask):
 
 
 def test_optax_masked_inside_the_chain_is_refused_with_the_fix():
-    masked = optax.masked(adamx.adam(1e-3), lambda p: jax.tree.map(lambda x: x.ndim > 1, p))
+    masked = optax.masked(adamx.adam(1e-3), matrices)
     tx = adamx.multi_tensor(masked, min_size=MIN_SIZE)
     with pytest.raises(ValueError, match=r"contains optax.masked .* optax.multi_transform"):
         tx.init(mixed_params())
@@ -211,17 +215,20 @@ def test_optax_masked_inside_the_chain_is_refused_with_the_fix():
 
 def test_masks_outside_the_wrapper_match_adamw_with_a_mask():
     params = mixed_params(2)
-    matrices = lambda p: jax.tree.map(lambda x: "decay" if x.ndim > 1 else "plain", p)  # noqa: E731
+
+    def labels(p):
+        return jax.tree.map(lambda x: "decay" if x.ndim > 1 else "plain", p)
+
     packed = optax.multi_transform(
         {
             "decay": adamx.multi_tensor(adamx.adamw(1e-2, weight_decay=0.2), min_size=MIN_SIZE),
             "plain": adamx.multi_tensor(adamx.adam(1e-2), min_size=MIN_SIZE),
         },
-        matrices,
+        labels,
     )
-    mask = lambda p: jax.tree.map(lambda x: x.ndim > 1, p)  # noqa: E731
     chex.assert_trees_all_equal(
-        run(packed, params), run(reference(optax.adamw(1e-2, weight_decay=0.2, mask=mask)), params)
+        run(packed, params),
+        run(reference(optax.adamw(1e-2, weight_decay=0.2, mask=matrices)), params),
     )
 
 
@@ -264,7 +271,6 @@ def test_gradient_and_param_dtypes_must_agree_for_packed_leaves():
 
 
 def _put(x, mesh, *spec):
-    from jax.sharding import NamedSharding, PartitionSpec
 
     return jax.device_put(x, NamedSharding(mesh, PartitionSpec(*spec)))
 
@@ -294,7 +300,6 @@ def test_sharded_small_leaves_are_declined_and_large_ones_keep_their_sharding(ei
 
 
 def test_explicit_axes_are_read_from_the_types(eight_devices):
-    from jax.sharding import AxisType
 
     explicit = jax.make_mesh(
         (8, 1), ("data", "model"), (AxisType.Explicit,) * 2, devices=eight_devices
@@ -315,7 +320,6 @@ def test_explicit_axes_are_read_from_the_types(eight_devices):
 
 
 def test_auto_axes_of_size_one_are_packed_and_host_values_too(eight_devices):
-    from jax.sharding import AxisType
 
     auto = jax.make_mesh((8, 1), ("data", "model"), (AxisType.Auto,) * 2, devices=eight_devices)
     tx = adamx.multi_tensor(adamx.adamw(1e-2), min_size=64)
@@ -423,7 +427,6 @@ def test_pack_validates_min_size(bad):
 
 def test_the_path_tolerance_catches_a_misplaced_leaf():
     # The parity suite holds the multi_tensor path to MAX_ULP ulps; a packing mistake must fail.
-    from _paths import assert_path_matches
 
     params = mixed_params()
     nudged = jax.tree.map(lambda x: x + 3 * jnp.finfo(x.dtype).eps * jnp.abs(x), params)
@@ -434,8 +437,6 @@ def test_the_path_tolerance_catches_a_misplaced_leaf():
 
 
 def test_docstring_examples_run():
-    import doctest
-    import importlib
 
     # By module name: ``adamx.paths.multi_tensor`` as an attribute is the function.
     attempted = 0

@@ -17,6 +17,7 @@ import optax
 import pytest
 from _paths import assert_path_matches
 from _promotion import apply_reference_updates, reference_factory
+from registry import matrices
 
 import adamx
 from adamx.stages.weight_decay import PackedMaskedState
@@ -41,7 +42,7 @@ def model_params(seed: int = 0) -> dict:
 # Three spellings of one decision: decay the matrices, not the biases or the norm.
 MASKS = {
     "exclude_paths": lambda: adamx.exclude_paths("bias", "norm"),
-    "callable": lambda: lambda p: jax.tree.map(lambda x: x.ndim > 1, p),
+    "callable": lambda: matrices,
     "bool_tree": lambda: {  # "norm" and "lora" as prefixes: one bool for a subtree
         "dense": {"kernel": True, "bias": False},
         "head": {"kernel": True, "bias": False},
@@ -250,7 +251,6 @@ def test_a_mask_that_does_not_fit_the_packed_tree_names_the_original_paths():
 
 
 def test_optax_masked_inside_multi_tensor_is_refused_with_the_fix():
-    matrices = lambda p: jax.tree.map(lambda x: x.ndim > 1, p)  # noqa: E731
     tx = adamx.multi_tensor(
         optax.chain(optax.masked(optax.add_decayed_weights(0.1), matrices), optax.adam(1e-2)),
         min_size=MIN_SIZE,
@@ -265,7 +265,6 @@ def test_optax_masked_inside_multi_tensor_is_refused_with_the_fix():
 
 def test_optax_masked_around_an_adamx_decay_inside_multi_tensor_is_refused_by_the_stage():
     # The decay stage's init sees the masked-out buckets before multi_tensor sees the state.
-    matrices = lambda p: jax.tree.map(lambda x: x.ndim > 1, p)  # noqa: E731
     tx = adamx.multi_tensor(optax.masked(adamx.adamw(1e-2), matrices), min_size=MIN_SIZE)
     with pytest.raises(ValueError, match=r"was given a PackedTree.*outside adamx.multi_tensor"):
         tx.init(model_params())
@@ -289,7 +288,6 @@ def test_adamx_path_masks_refuse_a_packed_tree_handed_by_optax_masked():
 def test_an_adamx_stage_refuses_packed_params_masked_by_optax():
     # A user's own mask callable cannot be intercepted, but the masked-out buckets reach the stage.
     packed = adamx.pack(model_params(), min_size=MIN_SIZE)
-    matrices = lambda p: jax.tree.map(lambda x: x.ndim > 1, p)  # noqa: E731
     tx = optax.masked(adamx.add_decoupled_weight_decay(0.1), matrices)
     with pytest.raises(ValueError, match=r"add_decoupled_weight_decay was given a PackedTree"):
         tx.update(packed, tx.init(packed), packed)
@@ -297,7 +295,6 @@ def test_an_adamx_stage_refuses_packed_params_masked_by_optax():
 
 def test_optax_masked_around_a_whole_adamx_optimizer_on_packed_params_is_refused_at_init():
     packed = adamx.pack(model_params(), min_size=MIN_SIZE)
-    matrices = lambda p: jax.tree.map(lambda x: x.ndim > 1, p)  # noqa: E731
     tx = optax.masked(adamx.adamw(1e-2, mask=adamx.exclude_paths("norm")), matrices)
     with pytest.raises(ValueError, match=r"add_decoupled_weight_decay was given a PackedTree"):
         tx.init(packed)

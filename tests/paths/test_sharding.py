@@ -4,8 +4,20 @@ The 8 devices are the test run's own (``conftest.py`` sets ``jax_num_cpu_devices
 check of ``CHECKS`` is one test, in this process.
 """
 
+import chex
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+from _promotion import reference_schedule
+from _streams import jitted_step, run_steps
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
+from registry import matrices
+
+import adamx
+import adamx.sharding
+from adamx.sharding import state_bytes_per_device
 
 N_DEVICES = 8
 COLLECTIVES = ("all-gather", "all-reduce", "all-to-all", "collective-permute", "reduce-scatter")
@@ -27,8 +39,6 @@ LAYOUTS = {
 
 
 def _mesh(layout, mode):
-    import jax
-    from jax.sharding import AxisType
 
     shape, names, _ = LAYOUTS[layout]
     kind = AxisType.Explicit if mode == "explicit" else AxisType.Auto
@@ -36,7 +46,6 @@ def _mesh(layout, mode):
 
 
 def _shardings(mesh, layout):
-    from jax.sharding import NamedSharding, PartitionSpec
 
     specs = LAYOUTS[layout][2]
     return {k: NamedSharding(mesh, PartitionSpec(*specs[k])) for k in SHAPES}
@@ -49,44 +58,20 @@ def _trees(seed, n_grads):
 
 
 def _optimizers():
-    import jax
-    import jax.numpy as jnp
-    import optax
-    from _promotion import reference_schedule
-
-    import adamx
 
     schedule = reference_schedule(optax.warmup_cosine_decay_schedule(0.0, 1e-2, 2, 10))
-    decay_matrices = lambda p: jax.tree.map(lambda x: x.ndim > 1, p)  # noqa: E731
     # name: (optimizer, how close to one device). XLA:CPU fuses each layout's program on its
     # own: it may contract a*b + c into an FMA in one and not the other (a float32 rounding of
     # the update), and round bfloat16 moments at different points (optax.adam(mu_dtype=bfloat16)
     # alike). Where it does neither, the results are bit-identical.
     return {
-        "adamw": (adamx.adamw(schedule, weight_decay=0.1, mask=decay_matrices), "exact"),
+        "adamw": (adamx.adamw(schedule, weight_decay=0.1, mask=matrices), "exact"),
         "adam_nesterov": (adamx.adam(1e-2, nesterov=True), "float32"),
         "adam_bf16_mu": (adamx.adam(1e-2, mu_dtype=jnp.bfloat16), "bfloat16"),
     }
 
 
-def _step_fn(tx):
-    import optax
-
-    def step(params, state, grads):
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
-    return step
-
-
-def _run(step, params, state, grads_list):
-    for grads in grads_list:
-        params, state = step(params, state, grads)
-    return params, state
-
-
 def _assert_equivalent(tree, expected_shardings):
-    import jax
 
     for x, s in zip(jax.tree.leaves(tree), jax.tree.leaves(expected_shardings), strict=True):
         assert x.sharding.is_equivalent_to(s, x.ndim), (x.sharding, s)
@@ -94,10 +79,6 @@ def _assert_equivalent(tree, expected_shardings):
 
 def _check_layout(layout, mode):
     """init shards the state like params, a step keeps it with no collectives, results exact."""
-    import chex
-    import jax
-
-    import adamx.sharding
 
     mesh = _mesh(layout, mode)
     shardings = _shardings(mesh, layout)
@@ -117,7 +98,7 @@ def _check_layout(layout, mode):
             for count in (s for s in jax.tree.leaves(state) if s.ndim == 0):
                 assert count.sharding.is_fully_replicated, (name, count.sharding)
 
-            step = jax.jit(_step_fn(tx))
+            step = jitted_step(tx)
             compiled = step.lower(params, state, grads_list_sharded[0]).compile()
             hlo = compiled.as_text()
             found = [c for c in COLLECTIVES if c in hlo]
@@ -126,14 +107,14 @@ def _check_layout(layout, mode):
             _assert_equivalent(params, out_params)
             _assert_equivalent(state, out_state)
 
-            got = _run(step, params, state, grads_list_sharded)
+            got = run_steps(step, params, state, grads_list_sharded)
             _assert_equivalent(got[0], shardings)
             _assert_equivalent(got[1], jax.tree.map(lambda x: x.sharding, state))
 
         one = jax.devices()[0]
-        reference_step = jax.jit(_step_fn(tx))
+        reference_step = jitted_step(tx)
         params1 = jax.device_put(params0, one)
-        want = _run(reference_step, params1, tx.init(params1), jax.device_put(grads_list, one))
+        want = run_steps(reference_step, params1, tx.init(params1), jax.device_put(grads_list, one))
         got, want = jax.device_get(got), jax.device_get(want)
         if agreement == "exact":
             chex.assert_trees_all_equal(got, want)
@@ -144,7 +125,6 @@ def _check_layout(layout, mode):
 
 
 def _mlp_loss(params, x, y):
-    import jax.numpy as jnp
 
     h = jnp.tanh(x @ params["w1"] + params["b1"][None, :])
     out = (h @ params["w2"]) * params["scale"][None, :]
@@ -153,11 +133,6 @@ def _mlp_loss(params, x, y):
 
 def _data_parallel(tx_for_mesh, mode, steps=3):
     """Replicated params, batch split over "data": params and state after ``steps`` steps."""
-    import jax
-    import optax
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    from adamx.sharding import state_bytes_per_device
 
     mesh = _mesh("data", mode)
     tx = tx_for_mesh(mesh)
@@ -187,19 +162,12 @@ def _data_parallel(tx_for_mesh, mode, steps=3):
 
 
 def _adamw():
-    import optax
-
-    import adamx
 
     return adamx.adamw(optax.linear_schedule(1e-2, 1e-3, 3), weight_decay=0.1)
 
 
 def _check_zero1(mode):
     """ZeRO-1: per-device state bytes drop 8x, the moments split over "data", same results."""
-    import chex
-    import jax
-
-    import adamx.sharding
 
     plain, plain_layout, plain_bytes = _data_parallel(lambda mesh: _adamw(), mode)
     zero, zero_layout, zero_bytes = _data_parallel(
@@ -225,7 +193,6 @@ def _check_zero1(mode):
 
     # And the data-parallel run equals one device running the whole batch (up to the
     # order of the gradient all-reduce).
-    import optax
 
     tx = _adamw()
     params, _ = _trees(1, 0)
@@ -259,10 +226,6 @@ def test_on_eight_devices(eight_devices, check):
 
 
 def test_zero1_rejects_unknown_axis():
-    import jax
-
-    import adamx
-    import adamx.sharding
 
     mesh = jax.make_mesh((1,), ("batch",))
     with pytest.raises(ValueError, match=r"axis 'data' is not an axis of the mesh.*\('batch',\)"):
@@ -270,21 +233,12 @@ def test_zero1_rejects_unknown_axis():
 
 
 def test_zero1_rejects_non_mesh():
-    import jax
-
-    import adamx
-    import adamx.sharding
 
     with pytest.raises(TypeError, match=r"mesh must be a jax.sharding.Mesh, got list"):
         adamx.sharding.zero1(adamx.adam(1e-3), jax.devices(), axis="data")
 
 
 def test_state_bytes_per_device_rejects_shapes():
-    import jax
-    import jax.numpy as jnp
-
-    import adamx
-    import adamx.sharding
 
     shapes = jax.eval_shape(adamx.adam(1e-3).init, {"w": jnp.ones(4)})
     with pytest.raises(TypeError, match=r"expected a pytree of jax\.Array.*ShapeDtypeStruct"):
@@ -292,21 +246,12 @@ def test_state_bytes_per_device_rejects_shapes():
 
 
 def test_state_bytes_per_device_counts_one_device():
-    import jax.numpy as jnp
-
-    import adamx.sharding
 
     got = adamx.sharding.state_bytes_per_device({"a": jnp.zeros((3, 4)), "b": jnp.zeros(2, "int8")})
     assert list(got.values()) == [3 * 4 * 4 + 2]
 
 
 def test_state_shardings_follow_params_and_replicate_the_rest():
-    import jax
-    import jax.numpy as jnp
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    import adamx
-    import adamx.sharding
 
     mesh = jax.make_mesh((1,), ("data",))
     layout = NamedSharding(mesh, PartitionSpec("data"))
@@ -320,12 +265,6 @@ def test_state_shardings_follow_params_and_replicate_the_rest():
 
 
 def test_abstract_state_is_a_concrete_restore_target():
-    import jax
-    import jax.numpy as jnp
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    import adamx
-    import adamx.sharding
 
     mesh = jax.make_mesh((1,), ("data",))
     params = {"w": jax.device_put(jnp.ones((4, 3)), NamedSharding(mesh, PartitionSpec("data")))}
@@ -339,12 +278,6 @@ def test_abstract_state_is_a_concrete_restore_target():
 
 
 def test_state_shardings_lets_errors_unrelated_to_layout_through():
-    import jax
-    import jax.numpy as jnp
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    import adamx
-    import adamx.sharding
 
     mesh = jax.make_mesh((1,), ("data",))
     layout = NamedSharding(mesh, PartitionSpec("data"))
@@ -355,12 +288,6 @@ def test_state_shardings_lets_errors_unrelated_to_layout_through():
 
 
 def test_zero1_update_without_params_lays_out_the_state_from_the_updates():
-    import chex
-    import jax
-    import jax.numpy as jnp
-
-    import adamx
-    import adamx.sharding
 
     mesh = jax.make_mesh((1,), ("data",))
     tx = adamx.sharding.zero1(adamx.adam(1e-2), mesh, axis="data")

@@ -14,8 +14,16 @@ check of ``CHECKS`` is one test, in this process.
 
 import re
 
+import chex
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from _streams import jitted_step, run_steps
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+import adamx
+import adamx.sharding
 
 N = 8
 COLLECTIVES = ("all-gather", "all-reduce", "all-to-all", "collective-permute", "reduce-scatter")
@@ -53,16 +61,12 @@ def _is_spec(x):
 
 
 def _mesh(mode, name="x"):
-    import jax
-    from jax.sharding import AxisType
 
     kind = AxisType.Explicit if mode == "explicit" else AxisType.Auto
     return jax.make_mesh((N,), (name,), (kind,))
 
 
 def _put(mesh, tree, specs):
-    import jax
-    from jax.sharding import NamedSharding, PartitionSpec
 
     shardings = jax.tree.map(
         lambda s: NamedSharding(mesh, PartitionSpec(*s)), specs, is_leaf=_is_spec
@@ -71,7 +75,6 @@ def _put(mesh, tree, specs):
 
 
 def _draw(seed, shapes):
-    import jax
 
     rng = np.random.default_rng(seed)
     return jax.tree.map(
@@ -80,7 +83,6 @@ def _draw(seed, shapes):
 
 
 def _eight_bit(**kwargs):
-    import adamx
 
     return adamx.adam(
         1e-2,
@@ -91,9 +93,6 @@ def _eight_bit(**kwargs):
 
 def _init(tx, params, mode):
     """The state on the parameters' mesh: Explicit axes by type, Auto ones via state_shardings."""
-    import jax
-
-    import adamx.sharding
 
     if mode == "explicit":
         return jax.jit(tx.init)(params)
@@ -102,7 +101,6 @@ def _init(tx, params, mode):
 
 def _state_bytes(state):
     """Bytes per device (all devices alike) of a state; all its bytes if it is on one device."""
-    import adamx.sharding
 
     per_device = set(adamx.sharding.state_bytes_per_device(state).values())
     assert len(per_device) == 1, per_device
@@ -111,7 +109,6 @@ def _state_bytes(state):
 
 def _assert_split_or_small(state):
     """Every state leaf is split into N distinct equal shards, or is small and whole."""
-    import jax
 
     for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
         shards = leaf.addressable_shards
@@ -123,24 +120,7 @@ def _assert_split_or_small(state):
         assert all(s.data.nbytes * N == leaf.nbytes for s in shards), (where, leaf.sharding)
 
 
-def _step(tx):
-    import optax
-
-    def step(params, state, grads):
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
-    return step
-
-
-def _run(step, params, state, grads):
-    for g in grads:
-        params, state = step(params, state, g)
-    return params, state
-
-
 def _assert_bits_equal(got, want):
-    import jax
 
     got, want = jax.device_get(got), jax.device_get(want)
     flat_want = jax.tree_util.tree_flatten_with_path(want)[0]
@@ -154,10 +134,6 @@ def _assert_bits_equal(got, want):
 
 def _check_moments_follow_their_own_parameter(mode):
     """float32 adam: each moment has its own parameter's sharding (lists, repeated keys)."""
-    import jax
-
-    import adamx
-    import adamx.sharding
 
     mesh = _mesh(mode)
     with jax.set_mesh(mesh):
@@ -177,7 +153,6 @@ def _check_moments_follow_their_own_parameter(mode):
 
 def _check_eight_bit_state_is_split(mode):
     """8-bit moments: 1/8 of the unsharded 8-bit state per device, no collectives, same bits."""
-    import jax
 
     mesh = _mesh(mode)
     host = _draw(0, SHAPES)
@@ -205,25 +180,21 @@ def _check_eight_bit_state_is_split(mode):
         _assert_split_or_small(state)
 
         grads = [_put(mesh, g, SPECS) for g in grads_host]
-        step = jax.jit(_step(tx))
+        step = jitted_step(tx)
         compiled = step.lower(params, state, grads[0]).compile()
         found = [c for c in COLLECTIVES if c in compiled.as_text()]
         assert not found, f"the sharded 8-bit step communicates: {found}"
-        got = _run(step, params, state, grads)
+        got = run_steps(step, params, state, grads)
         same_layout = jax.tree.map(lambda a: a.sharding, state)
         for a, s in zip(jax.tree.leaves(got[1]), jax.tree.leaves(same_layout), strict=True):
             assert a.sharding.is_equivalent_to(s, a.ndim), (a.sharding, s)
 
-    want = _run(jax.jit(_step(tx)), params1, tx.init(params1), jax.device_put(grads_host, one))
+    want = run_steps(jitted_step(tx), params1, tx.init(params1), jax.device_put(grads_host, one))
     _assert_bits_equal(got, want)
 
 
 def _check_block_longer_than_shard():
     """A 256-element block on a last axis split 512 / 8 = 64 per device: a clear error."""
-    import jax
-    import jax.numpy as jnp
-
-    import adamx.sharding
 
     mesh = _mesh("auto")
     params = _put(mesh, {"emb": np.ones((4, 512), np.float32)}, {"emb": (None, "x")})
@@ -296,11 +267,6 @@ def _zero_bytes_of(shape, block=64, min_size=1024):
 
 def _check_zero1_eight_bit(mode):
     """zero1 + 8-bit: split leaves take 1/8 per device, the rest whole, same results."""
-    import chex
-    import jax
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    import adamx.sharding
 
     mesh = _mesh(mode, "data")
     replicated = NamedSharding(mesh, PartitionSpec())
@@ -325,8 +291,8 @@ def _check_zero1_eight_bit(mode):
         # + the step count, PRNG keys and config tags (under 64 bytes in all)
         assert split // N + whole <= per_device <= split // N + whole + SMALL, (per_device,)
 
-        step = jax.jit(_step(zero))
-        got = _run(step, params, state, grads)
+        step = jitted_step(zero)
+        got = run_steps(step, params, state, grads)
         for a in jax.tree.leaves(got[0]):
             assert a.sharding.is_fully_replicated, a.sharding
         for a, s in zip(jax.tree.leaves(got[1]), jax.tree.leaves(expected_layout), strict=True):
@@ -338,18 +304,12 @@ def _check_zero1_eight_bit(mode):
     one = jax.devices()[0]
     tx = make()
     params1 = jax.device_put(host, one)
-    want = _run(jax.jit(_step(tx)), params1, tx.init(params1), jax.device_put(grads_host, one))
+    want = run_steps(jitted_step(tx), params1, tx.init(params1), jax.device_put(grads_host, one))
     chex.assert_trees_all_close(jax.device_get(got), jax.device_get(want), atol=1e-6, rtol=1e-6)
 
 
 def _check_zero1_list_float32(mode):
     """zero1 on a list of equal-shaped float32 parameters: each moment split, same results."""
-    import chex
-    import jax
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    import adamx
-    import adamx.sharding
 
     mesh = _mesh(mode, "data")
     shapes = [(16, 8), (16, 8), (64,), (5, 16)]
@@ -361,11 +321,11 @@ def _check_zero1_list_float32(mode):
         state = jax.jit(zero.init)(params)
         _assert_split_or_small(state[0].mu)  # every moment here is at least 64 bytes
         _assert_split_or_small(state[0].nu)
-        got = _run(jax.jit(_step(zero)), params, state, grads_host)
+        got = run_steps(jitted_step(zero), params, state, grads_host)
     tx = adamx.adamw(1e-2, weight_decay=0.1)
     one = jax.devices()[0]
     params1 = jax.device_put(host, one)
-    want = _run(jax.jit(_step(tx)), params1, tx.init(params1), jax.device_put(grads_host, one))
+    want = run_steps(jitted_step(tx), params1, tx.init(params1), jax.device_put(grads_host, one))
     # The same maths on another layout: XLA:CPU may fuse it differently (an FMA).
     chex.assert_trees_all_close(jax.device_get(got), jax.device_get(want), atol=1e-7, rtol=1e-6)
 

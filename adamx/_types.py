@@ -53,7 +53,11 @@ def map_moments(fn: Callable[..., Any], tree: PyTree, *rest: PyTree) -> PyTree:
 
 
 def is_python_number(x: Any) -> bool:
-    """A Python int, float or complex: weakly typed, it takes the dtype of the array it meets."""
+    """A Python int, float or complex: weakly typed, it takes the dtype of the array it meets.
+
+    How JAX types a value, not whether a hyperparameter can be checked at construction
+    (that is ``_validation.is_concrete_number``: real, not bool, NumPy scalars too).
+    """
     return isinstance(x, (int, float, complex))
 
 

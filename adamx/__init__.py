@@ -7,6 +7,8 @@ from ._masks import path_mask as path_mask
 from ._nbytes import state_nbytes as state_nbytes
 from ._packed import PackedTree as PackedTree
 from ._rates import ScheduleState as ScheduleState
+from ._sparse import RowSparse as RowSparse
+from ._sparse import row_sparse as row_sparse
 from ._types import InfNormMoments as InfNormMoments
 from ._types import Moments as Moments
 from .aliases import adam as adam
@@ -69,6 +71,7 @@ __all__ = [
     "PackedMaskedState",
     "PackedTree",
     "QuantizedMoment",
+    "RowSparse",
     "RunningMaxNuState",
     "ScaleByMomentsState",
     "ScaleByRsqrtState",
@@ -93,6 +96,7 @@ __all__ = [
     "pack",
     "path_mask",
     "radam",
+    "row_sparse",
     "running_max_nu",
     "scale_by_lr",
     "scale_by_moments",

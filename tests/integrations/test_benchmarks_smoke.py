@@ -112,3 +112,47 @@ def test_table_mode_reads_results_files(quick_run):
     assert "| tree | floor (28 B/param) |" in done.stdout
     empty = run_script("--table", "--results", str(out), timeout=120)  # quick runs left out
     assert "No GPU results yet" in empty.stdout
+
+
+def test_sparse_rows_quick_measures_every_contender_and_writes_the_table(tmp_path):
+    """``benchmarks/sparse_rows.py --quick`` (issue 13): every contender measured in its own
+    process, the lazy steps agree with dense AdamW / torch SparseAdam after one step, the
+    compiled lazy step has no table-sized work, and ``--table --write-readme`` fills markers."""
+    script = ROOT / "benchmarks" / "sparse_rows.py"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    out = tmp_path / "sparse_rows_quick.json"
+    done = subprocess.run(
+        [sys.executable, str(script), "--quick", "--out", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert out.with_suffix(".png").exists()
+    for key in ("date_utc", "machine", "jax", "torch", "load_average", "load_average_after"):
+        assert results["conditions"][key], key
+    (size,) = results["sizes"].values()
+    for name, case in size["contenders"].items():
+        assert "skipped" not in case, (name, case.get("skipped"))
+        assert case["per_call_ms"] > 0 and case["max_rss_bytes"] > 0, name
+    lazy = size["contenders"]["lazy adamw"]
+    assert lazy["traffic"]["table_passes"] == [] and lazy["traffic"]["sorts"] == []
+    assert lazy["memory"]["temp_size_in_bytes"] < size["table_bytes"] / 10
+    diffs = size["first_step_max_abs_diff"]
+    assert diffs["lazy adamw vs dense adamw (touched rows)"] < 1e-6, diffs
+    # torch adds eps to sqrt(v) before the bias correction (optax after): at step 1 that moves
+    # a row with |g| ~ 1e-5 by a few % of lr; the same step otherwise.
+    assert diffs["lazy adam vs torch SparseAdam"] < 1e-4, diffs
+    traffic = next(v for v in results["verdicts"] if "traffic" in v["goal"])
+    assert traffic["met"] is True, traffic
+    readme = tmp_path / "README.md"
+    readme.write_text("head\n<!-- sparse_rows:begin -->\nold\n<!-- sparse_rows:end -->\ntail\n")
+    table = subprocess.run(
+        [sys.executable, str(script), "--table", "--write-readme", "--out", str(out),
+         "--readme", str(readme)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert table.returncode == 0, table.stderr[-3000:]
+    text = readme.read_text()
+    assert "old" not in text and text.startswith("head\n") and text.endswith("tail\n")
+    assert "| table | contender | per step |" in text and "| goal | value |" in text

@@ -30,6 +30,7 @@ from .formats import stochastic_float as stochastic_float
 from .paths import MultiTensorState as MultiTensorState
 from .paths import multi_tensor as multi_tensor
 from .paths import pack as pack
+from .paths import sparse_rows as sparse_rows
 from .stages import BiasCorrectState as BiasCorrectState
 from .stages import KahanState as KahanState
 from .stages import MomentumScheduleState as MomentumScheduleState
@@ -102,6 +103,7 @@ __all__ = [
     "scale_by_moments",
     "scale_by_rsqrt",
     "sharding",
+    "sparse_rows",
     "state_nbytes",
     "stochastic_float",
     "stochastic_rounding",

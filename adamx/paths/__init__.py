@@ -8,3 +8,4 @@ chain computes the same numbers on any layout.
 from .multi_tensor import MultiTensorState as MultiTensorState
 from .multi_tensor import multi_tensor as multi_tensor
 from .pack import pack as pack
+from .sparse_rows import sparse_rows as sparse_rows

@@ -1,0 +1,182 @@
+r"""``sparse_rows``: run an elementwise chain on the rows of a table that a batch touched.
+
+A table ``θ`` of shape ``(num_rows, *row)`` (an embedding) whose gradient is an
+``adamx.RowSparse`` (indices ``I``, values) is updated from its touched rows only: the rows
+of θ and of every per-parameter state array (m, v, AMSGrad's maximum, 8-bit codes and
+scales, ...) at ``I`` are gathered, the wrapped chain runs once on those rows (dense leaves
+of the same tree as usual, in the same call), and the new state rows are scattered back.
+Nothing table-sized is computed or held; the table's update is a ``RowSparse`` again, which
+``optax.apply_updates`` adds in place.
+
+Semantics (``semantics=``), for Adam at step t (global count), row r, ``g_r = 0`` when r
+is not touched:
+
+- ``"lazy"`` (``torch.optim.SparseAdam``, TF-Addons ``LazyAdam``): a touched row is
+  updated as dense Adam would update it,
+
+  .. math::
+      m_r \leftarrow \beta_1 m_r + (1-\beta_1) g_r, \quad
+      v_r \leftarrow \beta_2 v_r + (1-\beta_2) g_r^2, \quad
+      \theta_r \leftarrow \theta_r - \alpha_t \frac{m_r / (1-\beta_1^t)}
+      {\sqrt{v_r / (1-\beta_2^t)} + \epsilon}
+
+  with the global step t in the bias corrections; an untouched row keeps m_r, v_r and
+  θ_r (decoupled weight decay too applies only to touched rows).
+- ``"dense_equivalent"`` (TF's non-lazy sparse apply): the wrapped chain on the densified
+  gradient, so every row's moments decay, :math:`m_r \leftarrow \beta_1 m_r`,
+  :math:`v_r \leftarrow \beta_2 v_r`, and every θ_r moves by the dense Adam step.
+  Bit-identical to the dense optimizer on ``g.todense()``; the update is a dense array
+  (and the step costs what dense Adam costs: use it for exactness, not speed).
+
+"Elementwise chain": every stage computes each element of its output from the same element
+of its inputs and scalars (the step count, a schedule): ``adam``, ``adamw``, ``nadam(w)``,
+``radam``, ``amsgrad``, ``adamax(w)``, any moment format whose storage is row-aligned
+(float dtypes, ``stochastic_float``, ``blockwise_8bit`` on tables of 2 or more dimensions,
+whose blocks lie inside a row). A stage with per-tensor statistics (a norm, a clip by
+global norm, a trust ratio) would see only the touched rows (and zero padding rows) inside
+``sparse_rows``: chain it outside, on the row-sparse gradient, or not at all.
+
+When every row is touched (in any order, with duplicates and padding) the lazy update is
+bit-identical to the dense one: the rows are gathered in sorted order, so each element sees
+the same operations (and stochastic rounding the same random bits) as in the dense step.
+
+Indices: an entry outside ``[0, num_rows)`` is padding (pad with ``num_rows``): it reads
+zeros, writes nothing, and its update row is 0. ``adamx.row_sparse`` refuses such indices
+when they are concrete; under ``jit`` they cannot be checked and are ignored.
+"""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+from .._sparse import is_row_sparse
+from .._types import PyTree
+from .._validation import check_choice
+from ._rows import (
+    Grads,
+    check_rows_aligned,
+    check_table_shapes,
+    merge_state,
+    sparse_updates,
+    split_grads,
+    state_owners,
+    take_rows,
+    view_state,
+)
+
+_STAGE = "sparse_rows"
+SEMANTICS = ("lazy", "dense_equivalent")
+_MEANING = (
+    "('lazy': untouched rows keep m, v and θ, as torch's SparseAdam; 'dense_equivalent': "
+    "every row's moments decay, exactly the dense optimizer on the densified gradient)."
+)
+
+
+def sparse_rows(
+    inner: optax.GradientTransformation, *, semantics: str = "lazy"
+) -> optax.GradientTransformationExtraArgs:
+    r"""Update the tables whose gradient is an ``adamx.RowSparse`` at their touched rows only.
+
+    Wrap any elementwise chain of the family; hand it gradients in which a table's leaf is
+    a ``RowSparse`` (``adamx.row_sparse``, ``adamx.value_and_row_grad``) and the others are
+    dense arrays. For each table, with ``I`` its touched rows:
+
+    .. math::
+        (u_I, s'_I) = \mathrm{inner}(g_I, s_I, \theta_I), \qquad
+        s' = s \text{ with rows } I \text{ replaced by } s'_I, \qquad
+        \text{update} = \mathrm{RowSparse}(I, u_I)
+
+    (see the module docstring for the equations of each ``semantics``).
+
+    Args:
+      inner: an elementwise gradient transformation (``adamx.adamw(1e-3)``, any format
+        with row-aligned storage).
+      semantics: "lazy" or "dense_equivalent".
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` whose state is exactly
+      ``inner.init(params)`` (checkpoints, ``adamx.sharding.state_shardings`` and
+      ``abstract_state`` work unchanged).
+
+    Raises:
+      ValueError: ``semantics`` is not a choice; at ``update``, a table whose state arrays
+        are not row-aligned, a ``RowSparse`` whose shape is not its table's, or an inner
+        chain with packed state (``multi_tensor``).
+
+    Example:
+      >>> import adamx, jax.numpy as jnp, optax
+      >>> params = {"emb": jnp.zeros((1000, 8)), "w": jnp.ones(8)}
+      >>> tx = adamx.sparse_rows(adamx.adam(1e-2))
+      >>> state = tx.init(params)
+      >>> grads = {"emb": adamx.row_sparse(jnp.array([3, 7, 3]), jnp.ones((3, 8)), 1000),
+      ...          "w": jnp.ones(8)}
+      >>> updates, state = tx.update(grads, state, params)
+      >>> params = optax.apply_updates(params, updates)
+      >>> round(float(params["emb"][3, 0]), 6), float(params["emb"][4, 0])  # row 4: untouched
+      (-0.01, 0.0)
+    """
+    check_choice("semantics", semantics, SEMANTICS, _MEANING)
+    inner = optax.with_extra_args_support(inner)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        if semantics == "dense_equivalent":
+            return inner.update(_densified(updates), state, params, **extra_args)
+        return _lazy_update(inner, updates, state, params, extra_args)
+
+    return optax.GradientTransformationExtraArgs(inner.init, update_fn)
+
+
+def _densified(updates: PyTree) -> PyTree:
+    """``updates`` with each ``RowSparse`` replaced by its dense array."""
+    return jax.tree.map(_dense, updates, is_leaf=is_row_sparse)
+
+
+def _dense(x: object) -> object:
+    return x.todense() if is_row_sparse(x) else x
+
+
+def _lazy_update(
+    inner: optax.GradientTransformationExtraArgs,
+    updates: PyTree,
+    state: PyTree,
+    params: PyTree | None,
+    extra_args: dict,
+) -> tuple[PyTree, PyTree]:
+    """One lazy step: gather the tables' rows, run ``inner`` once, scatter the state back."""
+    grads = split_grads(updates)
+    tables = grads.tables
+    if not tables:
+        return inner.update(updates, state, params, **extra_args)
+    thetas = check_table_shapes(grads, params)
+    owners = state_owners(inner, state, grads)
+    check_rows_aligned(state, owners, grads)
+    leaves, state_def = jax.tree.flatten(state)
+    row_grads = _rows_tree(grads, grads.leaves)
+    row_params = None if thetas is None else _rows_tree(grads, thetas, gather=True)
+    row_state = state_def.unflatten(view_state(leaves, owners, tables))
+    row_updates, new_rows = inner.update(row_grads, row_state, row_params, **extra_args)
+    new_leaves, new_def = jax.tree.flatten(new_rows)
+    if new_def != state_def:
+        raise ValueError(
+            f"{_STAGE}: the wrapped chain changed the structure of its state "
+            f"({state_def} -> {new_def}); sparse_rows needs a chain whose state keeps its "
+            "structure from step to step."
+        )
+    new_state = state_def.unflatten(merge_state(leaves, new_leaves, owners, tables))
+    return sparse_updates(grads, row_updates), new_state
+
+
+def _rows_tree(grads: Grads, leaves: list, *, gather: bool = False) -> PyTree:
+    """The gradient structure with each table replaced by its rows: the gradient's values,
+    or (``gather``) the rows of ``leaves[i]`` at the table's indices."""
+    tables = grads.tables
+    out = []
+    for i, leaf in enumerate(leaves):
+        if i not in tables:
+            out.append(leaf)
+        elif gather:
+            out.append(take_rows(leaf, tables[i]))
+        else:
+            out.append(tables[i].values)
+    return grads.treedef.unflatten(out)

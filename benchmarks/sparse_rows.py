@@ -272,9 +272,9 @@ def rss() -> int:
 
 def time_calls(call, target_s: float, reps: int) -> tuple[list[float], int]:
     """``reps`` samples of seconds per call, each of as many calls as fill ``target_s``, after
-    a warm-up of at least 30 calls and ``target_s`` (torch's first sparse steps are slow)."""
+    a warm-up of ``target_s`` and 30 calls or 3 s (torch's first sparse steps are slow)."""
     warm, start, i = [], time.perf_counter(), 1
-    while i <= 30 or time.perf_counter() - start < target_s:
+    while time.perf_counter() - start < (target_s if i > 30 else max(target_s, 3.0)):
         t0 = time.perf_counter()
         call(i)
         warm.append(time.perf_counter() - t0)

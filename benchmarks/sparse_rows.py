@@ -362,7 +362,7 @@ def measure(size_name: str, name: str, args) -> dict:
     name = name.removesuffix(THP)  # the environment (THP_ENV) was set by run_worker
     table_bytes = 4 * num_rows * dim
     need = (4 if name == "dense adamw" else 3) * table_bytes
-    available = mem_available()
+    available, load = mem_available(), os.getloadavg()[0]
     if need + (3 << 29) > available:  # 1.5 GiB for the runtime and the compiler
         return {
             "skipped": f"needs ~{need / 2**30:.1f} GiB for the arrays + 1.5 GiB, "
@@ -382,6 +382,7 @@ def measure(size_name: str, name: str, args) -> dict:
         huge = next((ln for ln in f if ln.startswith("AnonHugePages:")), "x 0").split()[1]
     out.update(
         anon_huge_pages_bytes=int(huge) * 1024,
+        load_average_at_start=load,
         rss_baseline_bytes=baseline,
         max_rss_bytes=usage.ru_maxrss * 1024,
         mem_available_at_start=available,

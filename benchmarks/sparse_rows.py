@@ -12,7 +12,8 @@ distribution (exponent 1.1, ranks scattered over the table), given as a coalesce
 each in a fresh process (2 rounds, the order reversed in the second; median of all samples):
 
 * ``lazy adamw``: ``adamx.sparse_rows(adamx.adamw(1e-3))`` on the ``RowSparse`` gradient;
-* ``lazy adam``: ``adamx.sparse_rows(adamx.adam(1e-3))`` (torch SparseAdam's maths: no decay);
+* ``lazy adam``: ``adamx.sparse_rows(adamx.adam(1e-3, epsilon_hat=True))``, torch SparseAdam's
+  maths (no decay; ε added to the uncorrected root, as torch does);
 * ``dense adamw``: ``adamx.adamw(1e-3)`` on the table-sized gradient (an input, as a dense
   training loop has it);
 * ``hand-written lazy``: AdamW written directly as gather rows / update / scatter rows in
@@ -167,7 +168,7 @@ def jax_contender(name: str):
     inner = (
         adamx.adamw(LR, b1=B1, b2=B2, eps=EPS, weight_decay=WD)
         if name == "lazy adamw"
-        else adamx.adam(LR, b1=B1, b2=B2, eps=EPS)
+        else adamx.adam(LR, b1=B1, b2=B2, eps=EPS, epsilon_hat=True)  # eps where torch adds it
     )
     return optax_step(sparse_rows(inner))
 

@@ -187,6 +187,37 @@ def torch_sparse_adam_step(ref: AdamRef, g: np.ndarray, touched: np.ndarray, hp:
     ref.theta[touched] += dt(-step_size) * (ref.m[touched] / denom)
 
 
+def tf_adam_sparse_step(ref: AdamRef, batch: Batch, hp: Hyper, *, lazy: bool) -> None:
+    """One step of TensorFlow's Adam on ``IndexedSlices`` as TF writes it, in place:
+    duplicates summed first (``_deduplicate_indexed_slices``), ``lr_t = lr·sqrt(1-β2^t)/
+    (1-β1^t)`` (Python floats), then
+
+    * ``lazy=False``, ``OptimizerV2.Adam._resource_apply_sparse``: ``m.assign(m·β1)``,
+      ``scatter_add(m, i, g·(1-β1))`` (v alike with g²), ``θ -= lr_t·m/(sqrt(v)+ε)`` on
+      every row;
+    * ``lazy=True``, TF-Addons ``LazyAdam._resource_apply_sparse``: ``m_i = β1·m[i] +
+      (1-β1)·g``, ``v_i`` alike, ``θ[i] -= lr_t·m_i/(sqrt(v_i)+ε)`` at the rows i only.
+
+    Adam only (no weight decay): TF's decoupled decays differ from library to library."""
+    num_rows = ref.theta.shape[0]
+    ids, values = batch.real(num_rows)
+    rows, inverse = np.unique(ids, return_inverse=True)
+    g = np.zeros((rows.size, *values.shape[1:]), ref.theta.dtype)
+    np.add.at(g, inverse, values)
+    ref.t += 1
+    lr_t = hp.lr * np.sqrt(1 - hp.b2**ref.t) / (1 - hp.b1**ref.t)
+    if lazy:
+        ref.m[rows] = hp.b1 * ref.m[rows] + (1 - hp.b1) * g
+        ref.v[rows] = hp.b2 * ref.v[rows] + (1 - hp.b2) * np.square(g)
+        ref.theta[rows] -= lr_t * ref.m[rows] / (np.sqrt(ref.v[rows]) + hp.eps)
+        return
+    ref.m *= hp.b1
+    ref.m[rows] += g * (1 - hp.b1)
+    ref.v *= hp.b2
+    ref.v[rows] += (g * g) * (1 - hp.b2)
+    ref.theta -= lr_t * ref.m / (np.sqrt(ref.v) + hp.eps)
+
+
 def run_reference(
     theta0: np.ndarray,
     batches: list[Batch],

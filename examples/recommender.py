@@ -9,14 +9,23 @@ semantics of torch's ``SparseAdam``), fed row-sparse gradients from
     opt = adamx.sparse_rows(adamx.adamw(lr, weight_decay=wd))
     loss, grads = adamx.value_and_row_grad(loss_fn, rows=rows)(params, users, pos, neg)
 
-The data: users like a few of ``--topics`` topics (the ground-truth factors); every item
-belongs to one topic and has a Zipf popularity ``(rank + 1)^-a``. A user's interaction picks
-one of their topics, then an item of that topic by popularity. The model, ``score(u, i) =
+The data: each user likes 3 of ``--topics`` topics (the ground-truth factors); every item
+belongs to one topic and has a Zipf popularity ``(rank + 1)^-a``. An interaction picks one
+of the user's topics, then an item of that topic by popularity. The model, ``score(u, i) =
 ⟨U_u, V_i⟩``, learns with the BPR loss ``-log σ(score(u, i⁺) - score(u, i⁻))`` against
 uniform negatives. Both runs start from the same init and see the same batches; each step
-is compiled once (static batch shapes). Recall@k ranks all items for held-out interactions.
+is compiled once, ahead of time (static batch shapes), and timed without compilation.
 
-Run (about three minutes on 2 CPU cores; the plot goes to ``--plot``):
+Recall@k: one held-out interaction per evaluated user, ranked against all items (exact, no
+sampled candidates), beside three references: random (k / items), the most popular items,
+and the oracle that ranks by the true ``P(i | u)``.
+
+Per step, lazy adamw falls behind dense adamw in training loss: dense Adam keeps moving a
+row for many steps after it was touched (its momentum is not zero), lazy Adam moves it only
+when touched. Per second it is far ahead, and the held-out recall is as good.
+
+Run (two to five minutes on 2 CPU cores, most of it the dense run; the plot goes to
+``--plot``, by default ``tmp/recommender.png``):
 
     python examples/recommender.py
     python examples/recommender.py --quick   # a smoke run, about 20 seconds
@@ -141,31 +150,25 @@ def train(name, optimizer, lazy, params, batches):
     return params, np.array(losses), np.array(clock), compile_s
 
 
-def _hits(scores, targets, k):
-    """Whether each target item ranks in the top ``k`` of its row of ``scores``."""
+@jax.jit
+def _hits(user_vecs, items, targets, k):
+    """Whether each target item ranks in the top ``k`` of its user's scores ``U_u · Vᵀ``."""
+    scores = user_vecs @ items.T
     target = jnp.take_along_axis(scores, targets[:, None], axis=1)
     return (scores > target).sum(1) < k
 
 
-@jax.jit
-def _model_hits(user_vecs, items, targets, k):
-    return _hits(user_vecs @ items.T, targets, k)
-
-
-def recall_at_k(hits, rows, targets, *tables, k, chunk=32):
-    """Mean of ``hits`` over the users, ranking all items, ``chunk`` users at a time."""
-    n = len(targets)
-    rows = np.pad(np.asarray(rows), ((0, -n % chunk), (0, 0)))
-    targets = np.pad(np.asarray(targets), (0, -n % chunk))
+def recall_at_k(params, data, users, k, chunk=32):
+    """The fraction of ``users`` whose held-out item ranks in the top ``k`` of all items
+    (scored ``chunk`` users at a time: a ``(chunk, items)`` matrix)."""
+    n = len(users)
+    user_vecs = np.pad(np.asarray(params["users"][users]), ((0, -n % chunk), (0, 0)))
+    targets = np.pad(data.test[users], (0, -n % chunk))
     found = [
-        hits(rows[s : s + chunk], *tables, targets[s : s + chunk], k)
+        _hits(user_vecs[s : s + chunk], params["items"], targets[s : s + chunk], k)
         for s in range(0, len(targets), chunk)
     ]
     return float(np.concatenate(found)[:n].mean())
-
-
-def model_recall(params, data, users, k):
-    return recall_at_k(_model_hits, params["users"][users], data.test[users], params["items"], k=k)
 
 
 def oracle_recall(data, users, k):
@@ -227,7 +230,7 @@ def main(argv=None):
             optimizer = adamx.sparse_rows(optimizer)
         params = init_params(args.users, args.items, args.dim, args.seed)
         params, losses, clock, compile_s = train(name, optimizer, lazy, params, batches)
-        recall = model_recall(params, data, eval_users, args.k)
+        recall = recall_at_k(params, data, eval_users, args.k)
         runs[name] = {"losses": losses, "clock": clock, "compile": compile_s, "recall": recall}
     report(runs, data, eval_users, args)
     plot(runs, args)

@@ -15,16 +15,11 @@ def test_recommender_quick(tmp_path):
         "recommender.py", "--quick", "--plot", plot, cwd=tmp_path, env=PLOTTING, timeout=120
     )
     k, random, popular, oracle = re.search(
-        r"recall@(\d+) over all [\d,]+ items, \d+ held-out users: random (\S+), "
-        r"most popular (\S+), oracle (\S+)",
+        r"recall@(\d+) over all [\d,]+ items, \d+ held-out users: random ([^,\s]+), "
+        r"most popular ([^,\s]+), oracle ([^,\s]+)",
         out,
     ).groups()
-    k, random, popular, oracle = (
-        int(k),
-        float(random.rstrip(",")),
-        float(popular.rstrip(",")),
-        float(oracle),
-    )
+    k, random, popular, oracle = int(k), float(random), float(popular), float(oracle)
     runs = {}
     for name, ms, loss, recall in re.findall(
         r"(dense|lazy) adamw: ([0-9.]+) ms/step, final loss ([0-9.]+), recall@\d+ ([0-9.]+)", out

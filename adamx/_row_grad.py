@@ -25,6 +25,7 @@ import numpy as np
 import optax
 
 from ._masks import path_to_str
+from ._row_ops import gather_rows
 from ._row_table import RowTable, in_range
 from ._sparse import RowSparse
 from ._validation import check_flag, check_size
@@ -153,7 +154,7 @@ def _tables(wanted: Any, paths: list, leaves: list, size: Any) -> dict[int, RowT
         num_rows = table.shape[0]
         _check_ids(path, ids, num_rows, n)
         unique = jnp.unique(in_range(ids, num_rows), size=n, fill_value=num_rows)
-        gathered = jnp.take(table, unique, axis=0, mode="fill", fill_value=0)
+        gathered = gather_rows(table, unique)
         tables[i] = RowTable(gathered, unique, num_rows, path)
     return tables
 

@@ -168,10 +168,12 @@ def test_jit_compiles_once_for_batches_of_one_size():
 
 
 def test_no_table_sized_temporary():
-    """A 262144 x 32 float32 table (32 MiB): the jitted gradient's temporaries are a few KiB.
+    """A 262144 x 32 float32 table (32 MiB), 1024 ids: the jitted gradient's temporaries and
+    outputs are a few times the batch's rows (k·row = 128 KiB; measured: 284 KiB of
+    temporaries, sort and search scratch included, and 132 KiB out), not the table's size.
 
-    ``jax.grad`` of the same loss needs a table-sized temporary (the dense gradient); the
-    row gradient reads the table at the batch's rows only.
+    ``jax.grad`` of the same loss needs a table-sized array (the dense gradient); the row
+    gradient reads the table at the batch's rows only.
     """
     table = jax.ShapeDtypeStruct((262144, 32), jnp.float32)
     params = {"emb": table, "w": jax.ShapeDtypeStruct((32,), jnp.float32)}
@@ -181,12 +183,12 @@ def test_no_table_sized_temporary():
         return jnp.mean((params["emb"][ids] @ params["w"]) ** 2)
 
     fn = value_and_row_grad(loss, rows=lambda ids: {"emb": ids})
-    table_bytes = 262144 * 32 * 4
+    table_bytes, rows_bytes = 262144 * 32 * 4, 1024 * 32 * 4
     sparse = jax.jit(fn).lower(params, ids).compile().memory_analysis()
     dense = jax.jit(jax.value_and_grad(loss)).lower(params, ids).compile().memory_analysis()
     assert dense.temp_size_in_bytes + dense.output_size_in_bytes >= table_bytes  # the check bites
-    assert sparse.temp_size_in_bytes < table_bytes / 100, sparse
-    assert sparse.output_size_in_bytes < table_bytes / 100, sparse
+    assert sparse.temp_size_in_bytes <= 4 * rows_bytes < table_bytes / 60, sparse
+    assert sparse.output_size_in_bytes <= 2 * rows_bytes, sparse
 
 
 def test_linen_and_nnx_param_trees():
@@ -271,12 +273,71 @@ def test_reading_an_unlisted_row():
     assert np.isnan(jax.jit(small)(_params(), ids, ids)[0])
 
 
-def test_table_used_as_an_array():
-    def loss(params, ids):
-        return jnp.sum(jnp.take(params["user"], ids, axis=0))
+def _take(params, ids):
+    return jnp.sum(jnp.take(params["user"], ids, axis=0))
 
+
+def _matmul(params, ids):
+    return jnp.sum(jnp.ones((2, 100)) @ params["user"]) + jnp.sum(params["user"][ids])
+
+
+def _nnx_embed(params, ids):
+    embed = nnx.Embed(100, 8, rngs=nnx.Rngs(0))
+    embed.embedding = nnx.Param(params["user"])  # reads embedding[...], then jnp.take
+    return jnp.sum(embed(ids))
+
+
+@pytest.mark.parametrize("loss", [_take, _matmul, _nnx_embed])
+def test_table_used_as_an_array(loss):
+    """Anything but ``table[ids]`` (jnp.take, @, flax's Embed) names the table and the fix."""
     fn = value_and_row_grad(loss, rows=lambda ids: {"user": ids})
     with pytest.raises(TypeError, match=r"'user' was used as an array.*table\[ids\]"):
+        fn(_params(), jnp.array([1]))
+
+
+def test_out_of_range_ids_under_jit_read_nan():
+    """Under jit nothing can raise: an out-of-range id is dropped from the gradient (padding)
+    and its lookup reads NaN, so the loss says so."""
+    fn = jax.jit(value_and_row_grad(_simple, rows=lambda ids: {"tower/item": ids}))
+    value, g = fn(_params(), jnp.array([1, 50, -1]))
+    assert np.isnan(value)
+    np.testing.assert_array_equal(g["tower"]["item"].indices, [1, 50, 50])
+
+
+def test_empty_batch():
+    """No ids: a RowSparse with no entries (a step with it changes no row)."""
+    fn = value_and_row_grad(_simple, rows=lambda ids: {"tower/item": ids})
+    for f in (fn, jax.jit(fn)):
+        value, g = f(_params(), jnp.zeros((0,), jnp.int32))
+        assert value == 0 and g["tower"]["item"].indices.shape == (0,)
+        assert g["tower"]["item"].values.shape == (0, 8)
+
+
+def test_through_transformations_inside_the_loss():
+    """The table reaches the lookup through jax.checkpoint, an inner jax.jit and lax.scan (a
+    ``RowTable`` is a pytree)."""
+
+    def loss(params, ids):
+        @jax.checkpoint
+        def remat(params, ids):
+            return jnp.sum(jnp.sin(params["user"][ids]))
+
+        def body(carry, i):
+            return carry + jnp.sum(params["user"][i] ** 2), None
+
+        scanned = jax.lax.scan(body, jnp.float32(0), ids)[0]
+        return remat(params, ids) + jax.jit(_simple)(params, ids) + scanned
+
+    fn = value_and_row_grad(loss, rows=lambda ids: {"user": ids, "tower/item": ids})
+    ids = jnp.array([3, 1, 3], jnp.int32)
+    chex.assert_trees_all_equal(_dense(fn(_params(), ids)[1]), jax.grad(loss)(_params(), ids))
+
+
+def test_size_names_an_unknown_table():
+    fn = value_and_row_grad(_simple, rows=lambda ids: {"tower/item": ids}, size={"user": 4})
+    with pytest.raises(
+        ValueError, match=r"size names tables that rows\(...\) does not: \['user'\]"
+    ):
         fn(_params(), jnp.array([1]))
 
 

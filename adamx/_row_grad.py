@@ -71,6 +71,15 @@ def value_and_row_grad(
       ``has_aux``): ``grads`` has the params' structure, a coalesced ``adamx.RowSparse``
       at each table.
 
+    Inside ``fun`` a table is a ``RowTable``: it has the dense table's ``shape``, ``dtype``
+    and ``ndim``, and is read as ``table[ids]`` or ``table[ids, <basic index>]`` only (any
+    number of lookups, ids of any shape, through ``jit``/``checkpoint``/``scan``). Any other
+    use (``jnp.take``, ``@``, arithmetic, flax's ``nn.Embed`` / ``nnx.Embed``, which call
+    ``jnp.take``) raises a TypeError naming the table. A linen ``self.param`` table does
+    not work either (linen checks the stored shape): keep the lookup outside the module,
+    ``model.apply(params["model"], params["emb"][ids])``. nnx ``Param`` tables read as
+    ``self.embed[ids]`` work (their path ends in ``/value``).
+
     Raises:
       ValueError / TypeError: a path of ``rows`` that is not a leaf of the params (the
         message lists them), ids that are not integers, or, when the ids are concrete,

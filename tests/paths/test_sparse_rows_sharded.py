@@ -14,7 +14,10 @@ Each run takes a few steps of ``sparse_rows(adamw(...))`` (float32 or 8-bit mome
 - the compiled step moves no table: no all-gather, and every collective carries at most
   ``k`` rows (the batch's distinct ids), never the table's 4096. What it does move: each
   device gathers the touched rows it owns (zeros elsewhere) and an all-reduce combines
-  them, for θ, m and v (and the 8-bit scales and codes): O(k·row) bytes a step.
+  them, for θ, m and v (and the 8-bit scales and codes): O(k·row) bytes a step. Measured
+  (Auto axes, k = 64): one all-reduce of five (64, 16) float32 arrays (θ's rows are read
+  three times: for the gradient, by sparse_rows, by apply_updates), with 8-bit moments
+  also the (64, 2) scales and (64, 2, 8) codes; 38 KB of temporaries per device.
 """
 
 import re

@@ -192,6 +192,9 @@ def oracle_recall(data, users, k):
     return float(np.mean(hits))
 
 
+QUICK = dict(items=200_000, users=20_000, topics=50, steps=150, batch=1024, eval_users=500)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=1_000_000, help="rows of the item table")
@@ -208,12 +211,14 @@ def main(argv=None):
     parser.add_argument("--k", type=int, default=20, help="recall@k over all items")
     parser.add_argument("--eval-users", type=int, default=1000, help="held-out users ranked")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="a small smoke run (~20 s)")
-    parser.add_argument("--plot", default=os.path.join("tmp", "recommender.png"))
+    parser.add_argument("--quick", action="store_true", help=f"a smoke run (~20 s): {QUICK}")
+    parser.add_argument(
+        "--plot", default=os.path.join("tmp", "recommender.png"), help="where to save the plot"
+    )
     args = parser.parse_args(argv)
-    if args.quick:
-        args.items, args.users, args.topics, args.steps = 200_000, 20_000, 50, 150
-        args.batch, args.eval_users = 1024, 500
+    if args.quick:  # smaller defaults; flags given explicitly still win
+        parser.set_defaults(**QUICK)
+        args = parser.parse_args(argv)
 
     data = Data(args.users, args.items, args.topics, args.per_user, args.zipf, args.seed)
     batches = data.batches(args.steps, args.batch, args.negatives, args.seed)

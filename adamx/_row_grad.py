@@ -25,7 +25,7 @@ import numpy as np
 import optax
 
 from ._masks import path_to_str
-from ._row_ops import gather_rows
+from ._row_ops import gather_rows, replicated
 from ._row_table import RowTable, in_range
 from ._sparse import RowSparse
 from ._validation import check_flag, check_size
@@ -157,7 +157,7 @@ def _tables(wanted: Any, paths: list, leaves: list, size: Any) -> dict[int, RowT
         ids = jnp.asarray(ids)
         if not jnp.issubdtype(ids.dtype, jnp.integer):
             raise TypeError(f"rows(...)[{path!r}] must be integer ids, got {ids.dtype}.")
-        ids = ids.reshape(-1)
+        ids = replicated(ids.reshape(-1))
         n = size.get(path) if isinstance(size, Mapping) else size
         n = ids.shape[0] if n is None else n
         num_rows = table.shape[0]

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from ._placement import names_explicit_axes, sharding_of
 
 
-def _explicit_spec(x: jax.Array) -> tuple | None:
+def explicit_spec(x: jax.Array) -> tuple | None:
     """``x``'s PartitionSpec entries (one per dimension) if it names Explicit axes, else None."""
     sharding = sharding_of(x)
     if sharding is None or not names_explicit_axes(sharding):
@@ -28,9 +28,17 @@ def _explicit_spec(x: jax.Array) -> tuple | None:
     return spec + (None,) * (jnp.ndim(x) - len(spec))
 
 
+def replicated(x: jax.Array) -> jax.Array:
+    """``x`` whole on every device if its type names Explicit axes (a batch's ids split over
+    a data axis, before they are sorted: a sort cannot run on a split axis), else ``x``."""
+    if explicit_spec(x) is None:
+        return x
+    return jax.sharding.reshard(x, jax.sharding.PartitionSpec())
+
+
 def gather_rows(x: jax.Array, indices: jax.Array) -> jax.Array:
     """``x[indices]`` along axis 0, zeros where an index lies outside ``[0, len(x))``."""
-    spec = _explicit_spec(x)
+    spec = explicit_spec(x)
     out = None if spec is None else jax.sharding.PartitionSpec(None, *spec[1:])
     return x.at[indices].get(mode="fill", fill_value=0, out_sharding=out)
 
@@ -39,7 +47,7 @@ def scatter_rows(
     x: jax.Array, indices: jax.Array, rows: jax.Array, *, indices_are_sorted: bool = False
 ) -> jax.Array:
     """``x`` with row ``indices[j]`` replaced by ``rows[j]``; out-of-range indices dropped."""
-    spec = _explicit_spec(x)
+    spec = explicit_spec(x)
     out = None if spec is None else jax.sharding.PartitionSpec(*spec)
     return x.at[indices].set(
         rows, mode="drop", indices_are_sorted=indices_are_sorted, out_sharding=out

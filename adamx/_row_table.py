@@ -19,6 +19,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec
+
+from ._row_ops import explicit_spec, replicated
 
 
 @functools.partial(
@@ -72,13 +75,16 @@ class RowTable:
         if not known.shape[0]:  # size=0: no rows at all; one padding row to search
             known = jnp.full((1,), self.num_rows, jnp.int32)
             table = jnp.zeros((1, *table.shape[1:]), table.dtype)
-        wanted = in_range(ids, self.num_rows)
+        spec = explicit_spec(ids)  # ids split over a data axis: searched whole, then split
+        wanted = in_range(replicated(ids), self.num_rows)
         pos = jnp.clip(jnp.searchsorted(known, wanted), 0, known.shape[0] - 1)
         found = (jnp.take(known, pos) == wanted) & (wanted < self.num_rows)
         _check_found(self.path, ids, found)
         got = jnp.take(table, pos, axis=0)
         nan = jnp.asarray(np.nan, table.dtype)
         got = jnp.where(found.reshape(*found.shape, *(1,) * (table.ndim - 1)), got, nan)
+        if spec is not None:
+            got = jax.sharding.reshard(got, PartitionSpec(*spec, *(None,) * (table.ndim - 1)))
         return got[(slice(None),) * ids.ndim + tuple(rest)] if rest else got
 
     def __jax_array__(self) -> jax.Array:

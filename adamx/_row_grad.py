@@ -143,14 +143,15 @@ def _tables(wanted: Any, paths: list, leaves: list, size: Any) -> dict[int, RowT
             f"size names tables that rows(...) does not: {sorted(set(size) - set(wanted))}; "
             f"rows(...) gave {sorted(wanted)}."
         )
+    index = {path: i for i, path in enumerate(paths)}
     tables = {}
     for path, ids in wanted.items():
-        if path not in paths:
+        if path not in index:
             raise ValueError(
                 f"rows(...) names a table {path!r} that is not a leaf of the params; their "
                 f'paths are {paths}. Name tables as adamx.path_mask does ("tower/embed").'
             )
-        i = paths.index(path)
+        i = index[path]
         table = leaves[i]
         if jnp.ndim(table) < 1:
             raise ValueError(f"params[{path!r}] must be a table (ndim >= 1), got a scalar.")

@@ -39,6 +39,7 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec
 import adamx
 import adamx.sharding
 from adamx._row_grad import value_and_row_grad
+from adamx._row_ops import gather_rows, scatter_rows
 
 NUM_ROWS, WIDTH, BATCH, STEPS = 4096, 16, 64, 3
 COLLECTIVE = re.compile(
@@ -190,3 +191,29 @@ def test_explicit_axes(eight_devices, layout, name):
     """Explicit axes (the layout in the array types): same checks as Auto."""
     del eight_devices
     _check("explicit", layout, name)
+
+
+@pytest.mark.parametrize("mode", ["auto", "explicit"])
+def test_row_ops_on_a_row_split_table(eight_devices, mode):
+    """adamx._row_ops.gather_rows / scatter_rows on a table split by rows (the Explicit case
+    is what sparse_rows needs): NumPy's values, padding read as 0 and dropped on write, the
+    rows whole along axis 0, the table's layout kept."""
+    del eight_devices
+    kind = AxisType.Explicit if mode == "explicit" else AxisType.Auto
+    mesh = jax.make_mesh((4, 2), ("rows", "cols"), (kind, kind))
+    table = np.arange(64 * 6, dtype=np.float32).reshape(64, 6)
+    indices = np.array([3, 17, 40, 63, 64, 64], np.int32)  # 64: padding
+    new = -np.ones((6, 6), np.float32)
+    with jax.set_mesh(mesh):
+        x = jax.device_put(table, NamedSharding(mesh, PartitionSpec("rows", "cols")))
+        i = jax.device_put(indices, NamedSharding(mesh, PartitionSpec()))
+        rows = jax.jit(gather_rows)(x, i)
+        written = jax.jit(scatter_rows)(x, i, jnp.asarray(new))
+        if mode == "explicit":
+            assert rows.sharding.spec == PartitionSpec(None, "cols"), rows.sharding
+        assert written.sharding.is_equivalent_to(x.sharding, 2), written.sharding
+    want_rows = np.concatenate([table[indices[:4]], np.zeros((2, 6), np.float32)])
+    np.testing.assert_array_equal(rows, want_rows)
+    want = table.copy()
+    want[indices[:4]] = -1
+    np.testing.assert_array_equal(written, want)

@@ -11,6 +11,7 @@ import numpy as np
 import optax
 
 from ._packed import PackedTree
+from ._sparse import is_row_sparse
 from ._types import PyTree
 from ._validation import check_mask
 
@@ -50,8 +51,10 @@ def path_mask(predicate: Callable[[str, Any], bool]) -> Callable[[PyTree], PyTre
     def mask_fn(params: PyTree) -> PyTree:
         if contains_packed(params):
             raise ValueError(_PACKED_INPUT)
+        # A row-sparse gradient is one leaf (optax.masked computes a callable mask from the
+        # gradients): the predicate sees it as its table, with .shape, .ndim and .dtype.
         return jax.tree_util.tree_map_with_path(
-            lambda path, leaf: predicate(path_to_str(path), leaf), params
+            lambda path, leaf: predicate(path_to_str(path), leaf), params, is_leaf=is_row_sparse
         )
 
     return mask_fn

@@ -1,4 +1,5 @@
-"""Execution paths: the same optimizer run per leaf, packed, or sharded over 8 devices."""
+"""Execution paths: the same optimizer run per leaf, packed, sharded over 8 devices, or on the
+touched rows of a table (``sparse_rows``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import optax
 
 import adamx
 
@@ -56,6 +58,11 @@ class Path:
     init: Callable | None = None  # (tx, params) -> state; None: tx.init, eagerly
     devices: int = 1
     packed: bool = False  # the training loop holds an ``adamx.PackedTree``
+    # A transformation chained outside the host's wrapper, where the loop's gradient arrives
+    # (sparse_rows: the table's gradient turned row-sparse, as a user's loop computes it).
+    outer: Callable | None = None
+    # The format's parameter-side stage goes inside ``wrap`` (sparse_rows: it must see rows).
+    post_inside: bool = False
     context: Callable = contextlib.nullcontext  # () -> the context the loop runs in
 
     def make_init(self, tx):
@@ -100,6 +107,44 @@ def _auto_init(tx, params):
     return jax.jit(tx.init, out_shardings=adamx.sharding.state_shardings(tx, params))(params)
 
 
+SPARSE_TABLE = "w"  # the matrix tree's (64, 128) leaf: its gradient arrives row-sparse
+SPARSE_DUPLICATES = 8  # rows whose gradient arrives as two halves (duplicate indices)
+SPARSE_PADDING = 4  # padding entries (index num_rows), carrying junk that must be ignored
+
+
+def _all_rows_sparse(g):
+    """The dense gradient of a table as an ``adamx.RowSparse`` touching every row: the rows in
+    a scrambled order, the first ``SPARSE_DUPLICATES`` of them as two halves (exact: g/2 + g/2
+    is g), and padding entries carrying ones. Coalesced, it is ``g`` again, so the lazy path
+    must reproduce the dense run bit for bit."""
+    n = g.shape[0]
+    order = (jnp.arange(n) * 37 + 11) % n  # a permutation (37 is prime to 64)
+    dup = jnp.arange(SPARSE_DUPLICATES)
+    half = jnp.where((order < SPARSE_DUPLICATES)[:, None], jnp.asarray(0.5, g.dtype), 1)
+    indices = jnp.concatenate([order, dup, jnp.full(SPARSE_PADDING, n)]).astype(jnp.int32)
+    values = jnp.concatenate(
+        [
+            g[order] * half,
+            g[dup] * jnp.asarray(0.5, g.dtype),
+            jnp.ones((SPARSE_PADDING, *g.shape[1:]), g.dtype),
+        ]
+    )
+    return adamx.row_sparse(indices, values, n)
+
+
+def _as_row_sparse() -> optax.GradientTransformation:
+    """The table's dense gradient becomes ``_all_rows_sparse`` of it (coalesced, as
+    ``adamx.value_and_row_grad`` returns it)."""
+
+    def update(updates, state, params=None):
+        del params
+        if isinstance(updates, dict) and hasattr(updates.get(SPARSE_TABLE), "shape"):
+            updates = {**updates, SPARSE_TABLE: _all_rows_sparse(updates[SPARSE_TABLE])}
+        return updates, state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 PATHS: dict[str, Path] = {
     "per_leaf": Path(exact=True),
     "pack": Path(
@@ -122,5 +167,10 @@ PATHS: dict[str, Path] = {
     "sharded_auto": Path(exact=False, prepare=_shard(False), init=_auto_init, devices=N_DEVICES),
     "sharded_explicit": Path(
         exact=False, prepare=_shard(True), devices=N_DEVICES, context=_on_mesh
+    ),
+    # The lazy-rows path with every row of the (64, 128) leaf touched (scrambled, duplicated,
+    # padded): the same numbers as the per-leaf run, bit for bit.
+    "sparse_rows": Path(
+        exact=False, wrap=adamx.sparse_rows, outer=_as_row_sparse, post_inside=True
     ),
 }

@@ -103,6 +103,23 @@ RULES: dict[str, Rule] = {
         ValueError,
         r"cannot be laid out like the parameter.*a block must lie on one device",
     ),
+    "row_sparse_gradient_clipped_outside": Rule(
+        lambda c: c.path == "sparse_rows" and c.host == "clip_chain",
+        "clip_by_global_norm computes with every leaf of the gradient, and a RowSparse's int32 "
+        "indices are a leaf: optax refuses them. Chain the clip inside adamx.sparse_rows, where "
+        "it sees the touched rows (their global norm is the row-sparse gradient's norm)",
+        TypeError,
+        r"lax.select requires arguments to have the same dtypes",
+    ),
+    "row_sparse_gradient_accumulated": Rule(
+        lambda c: c.path == "sparse_rows" and c.host == "multi_steps",
+        "optax.MultiSteps keeps a running mean of the gradients shaped like the params, which a "
+        "RowSparse is not (and different batches touch different rows): optax refuses it. "
+        "Accumulate the mini-batches' rows yourself (concatenate their indices and values) or "
+        "take dense gradients",
+        ValueError,
+        r"pytree structure error: different types at key path",
+    ),
     "nnx_holds_no_packed_tree": Rule(
         lambda c: c.host == "nnx" and PATHS[c.path].packed,
         "nnx.Optimizer owns the model's parameters, so the loop cannot hold a PackedTree: "
@@ -133,7 +150,9 @@ def compose(cell: Cell) -> Callable[[], optax.GradientTransformation]:
     """``build()``: the cell's optimizer in its format, on its path, wrapped by its host.
 
     The format's parameter-side stage (``stochastic_rounding``, ``kahan_summation``)
-    is chained outside the path's wrapper: it updates the parameters as the loop holds them.
+    is chained outside the path's wrapper: it updates the parameters as the loop holds them
+    (inside it where the path says so: ``sparse_rows`` hands it the touched rows). A path's
+    ``outer`` transformation comes first, outside the host's wrapper.
     """
     optimizer, fmt, path = (
         OPTIMIZERS[cell.optimizer],
@@ -142,10 +161,18 @@ def compose(cell: Cell) -> Callable[[], optax.GradientTransformation]:
     )
 
     def factory(**hyperparameters):
-        tx = path.wrap(optimizer.make(None, **fmt.kwargs, **hyperparameters))
-        return tx if fmt.post is None else optax.chain(tx, fmt.post())
+        tx = optimizer.make(None, **fmt.kwargs, **hyperparameters)
+        if fmt.post is None:
+            return path.wrap(tx)
+        if path.post_inside:
+            return path.wrap(optax.chain(tx, fmt.post()))
+        return optax.chain(path.wrap(tx), fmt.post())
 
-    return lambda: HOSTS[cell.host].wrap(factory, optimizer)
+    def build():
+        tx = HOSTS[cell.host].wrap(factory, optimizer)
+        return tx if path.outer is None else optax.chain(path.outer(), tx)
+
+    return build
 
 
 def pending(cell: Cell) -> str | None:

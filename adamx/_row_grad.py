@@ -27,7 +27,7 @@ import optax
 from ._masks import path_to_str
 from ._row_ops import gather_rows, replicated
 from ._row_table import RowTable, in_range
-from ._sparse import RowSparse
+from ._sparse import RowSparse, distinct_rows
 from ._validation import check_flag, check_size
 
 Rows = Callable[..., Mapping[str, jax.typing.ArrayLike]]
@@ -163,7 +163,7 @@ def _tables(wanted: Any, paths: list, leaves: list, size: Any) -> dict[int, RowT
         n = ids.shape[0] if n is None else n
         num_rows = table.shape[0]
         _check_ids(path, ids, num_rows, n)
-        unique = jnp.unique(in_range(ids, num_rows), size=n, fill_value=num_rows)
+        unique = distinct_rows(in_range(ids, num_rows), num_rows, n)
         gathered = gather_rows(table, unique)
         tables[i] = RowTable(gathered, unique, num_rows, path)
     return tables

@@ -93,25 +93,32 @@ def coalesce(g: RowSparse, size: int | None = None) -> RowSparse:
 
     ``size`` (default: ``g``'s) must be at least the number of distinct rows; under ``jit``
     entries of rows beyond it are dropped (never added to another row), so ``row_sparse``
-    checks it when it can. One sort of the indices, a binary search, a segment sum
-    (``jnp.unique(..., return_inverse=True)`` sorts index pairs: 5x slower on CPU).
+    checks it when it can. One sort of the indices (``distinct_rows``), a binary search, a
+    segment sum.
     """
     if g.coalesced and size in (None, g.indices.shape[0]):
         return g
     size = g.indices.shape[0] if size is None else size
     indices = replicated(_in_range(g.indices, g.num_rows))
-    ordered = jnp.sort(indices)
-    first = jnp.concatenate([jnp.ones(1, bool), ordered[1:] != ordered[:-1]])
-    slot = jnp.cumsum(first) - 1  # the position of each distinct row in the result
-    unique = (
-        jnp.full(size, g.num_rows, jnp.int32)
-        .at[jnp.where(first, slot, size)]
-        .set(ordered, mode="drop")
-    )
+    unique = distinct_rows(indices, g.num_rows, size)
     found = jnp.searchsorted(unique, indices).astype(jnp.int32)
     kept = (indices < g.num_rows) & (jnp.take(unique, found, mode="clip") == indices)
     values = jax.ops.segment_sum(g.values, jnp.where(kept, found, size), num_segments=size)
+    # Padding rows are zero already; the select keeps the sum out of the chain's first fusion,
+    # so XLA:CPU contracts the rows' arithmetic as in the dense program (bit for bit, tested).
+    touched = (unique < g.num_rows).reshape(-1, *(1,) * (values.ndim - 1))
+    values = jnp.where(touched, values, jnp.zeros((), values.dtype))
     return RowSparse(unique, values, g.num_rows, coalesced=True)
+
+
+def distinct_rows(indices: jax.Array, num_rows: int, size: int) -> jax.Array:
+    """The distinct entries of ``indices`` (all in ``[0, num_rows]``), sorted, padded with
+    ``num_rows`` to ``size`` entries (the first ``size`` if there are more). One sort and a
+    scatter (``jnp.unique(..., size=)`` sorts index pairs: several times slower on CPU)."""
+    ordered = jnp.sort(indices)
+    first = jnp.concatenate([jnp.ones(min(1, ordered.size), bool), ordered[1:] != ordered[:-1]])
+    slot = jnp.where(first, jnp.cumsum(first) - 1, size)  # each distinct row's position
+    return jnp.full(size, num_rows, jnp.int32).at[slot].set(ordered, mode="drop")
 
 
 def row_sparse(

@@ -28,6 +28,7 @@ from .formats import StochasticFloatMoment as StochasticFloatMoment
 from .formats import blockwise_8bit as blockwise_8bit
 from .formats import stochastic_float as stochastic_float
 from .paths import MultiTensorState as MultiTensorState
+from .paths import SparseRowsState as SparseRowsState
 from .paths import multi_tensor as multi_tensor
 from .paths import pack as pack
 from .paths import sparse_rows as sparse_rows
@@ -77,6 +78,7 @@ __all__ = [
     "ScaleByMomentsState",
     "ScaleByRsqrtState",
     "ScheduleState",
+    "SparseRowsState",
     "StochasticFloatFormat",
     "StochasticFloatMoment",
     "StochasticRoundingState",

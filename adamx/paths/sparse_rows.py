@@ -27,6 +27,19 @@ is not touched:
   :math:`v_r \leftarrow \beta_2 v_r`, and every θ_r moves by the dense Adam step.
   Bit-identical to the dense optimizer on ``g.todense()``; the update is a dense array
   (and the step costs what dense Adam costs: use it for exactness, not speed).
+- ``"catch_up"``: lazy, but a row r last updated k_r steps before this one first gets the
+  decay that dense Adam's zero gradients would have applied meanwhile,
+
+  .. math::
+      m_r \leftarrow \beta_1^{k_r} m_r, \quad v_r \leftarrow \beta_2^{k_r} v_r
+      \quad (\text{AdaMax: } u_r \leftarrow \beta_2^{k_r} u_r)
+
+  and is then updated as in "lazy"; θ_r is not caught up (dense Adam would have moved it
+  by its decaying momentum meanwhile), nor AMSGrad's running maximum (a maximum does not
+  decay). The state is a ``SparseRowsState``: the wrapped chain's, the step count and an
+  int32 per row of each parameter (its last update), 4 bytes per row. Needs adamx's
+  ``scale_by_moments`` in the chain: it applies the decay (the extra argument
+  ``skipped_steps``), with the chain's own β1, β2 (injected ones too).
 
 "Elementwise chain": every stage computes each element of its output from the same element
 of its inputs and scalars (the step count, a schedule): ``adam``, ``adamw``, ``nadam(w)``,
@@ -53,6 +66,8 @@ import optax
 from .._sparse import is_row_sparse
 from .._types import PyTree
 from .._validation import check_choice
+from ..stages.moments import SKIPPED_STEPS
+from ._catch_up import advance, init_catch_up, skipped_steps
 from ._rows import (
     Grads,
     check_rows_aligned,
@@ -66,10 +81,12 @@ from ._rows import (
 )
 
 _STAGE = "sparse_rows"
-SEMANTICS = ("lazy", "dense_equivalent")
+SEMANTICS = ("lazy", "dense_equivalent", "catch_up")
 _MEANING = (
     "('lazy': untouched rows keep m, v and θ, as torch's SparseAdam; 'dense_equivalent': "
-    "every row's moments decay, exactly the dense optimizer on the densified gradient)."
+    "every row's moments decay, exactly the dense optimizer on the densified gradient; "
+    "'catch_up': lazy, and a row skipped for k steps has its moments decayed by β^k when "
+    "next touched)."
 )
 
 
@@ -92,17 +109,19 @@ def sparse_rows(
     Args:
       inner: an elementwise gradient transformation (``adamx.adamw(1e-3)``, any format
         with row-aligned storage).
-      semantics: "lazy" or "dense_equivalent".
+      semantics: "lazy", "dense_equivalent" or "catch_up".
 
     Returns:
-      An ``optax.GradientTransformationExtraArgs`` whose state is exactly
-      ``inner.init(params)`` (checkpoints, ``adamx.sharding.state_shardings`` and
-      ``abstract_state`` work unchanged).
+      An ``optax.GradientTransformationExtraArgs``. For "lazy" and "dense_equivalent" its
+      state is exactly ``inner.init(params)`` (checkpoints, ``adamx.sharding``'s
+      ``state_shardings`` and ``abstract_state`` work unchanged); for "catch_up" a
+      ``SparseRowsState`` around it.
 
     Raises:
-      ValueError: ``semantics`` is not a choice; at ``update``, a table whose state arrays
-        are not row-aligned, a ``RowSparse`` whose shape is not its table's, or an inner
-        chain with packed state (``multi_tensor``).
+      ValueError: ``semantics`` is not a choice; "catch_up" around a chain without
+        ``adamx.scale_by_moments``; at ``update``, a table whose state arrays are not
+        row-aligned, a ``RowSparse`` whose shape is not its table's, or an inner chain with
+        packed state (``multi_tensor``).
 
     Example:
       >>> import adamx, jax.numpy as jnp, optax
@@ -119,12 +138,20 @@ def sparse_rows(
     check_choice("semantics", semantics, SEMANTICS, _MEANING)
     inner = optax.with_extra_args_support(inner)
 
+    def init_fn(params):
+        return init_catch_up(inner, params) if semantics == "catch_up" else inner.init(params)
+
     def update_fn(updates, state, params=None, **extra_args):
         if semantics == "dense_equivalent":
             return inner.update(_densified(updates), state, params, **extra_args)
-        return _lazy_update(inner, updates, state, params, extra_args)
+        grads = split_grads(updates)
+        if semantics == "lazy":
+            return _lazy_update(inner, grads, state, params, extra_args)
+        extra_args = {**extra_args, SKIPPED_STEPS: skipped_steps(state, grads)}
+        updates, inner_state = _lazy_update(inner, grads, state.inner, params, extra_args)
+        return updates, advance(state, grads, inner_state)
 
-    return optax.GradientTransformationExtraArgs(inner.init, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def _densified(updates: PyTree) -> PyTree:
@@ -138,16 +165,15 @@ def _dense(x: object) -> object:
 
 def _lazy_update(
     inner: optax.GradientTransformationExtraArgs,
-    updates: PyTree,
+    grads: Grads,
     state: PyTree,
     params: PyTree | None,
     extra_args: dict,
 ) -> tuple[PyTree, PyTree]:
     """One lazy step: gather the tables' rows, run ``inner`` once, scatter the state back."""
-    grads = split_grads(updates)
     tables = grads.tables
     if not tables:
-        return inner.update(updates, state, params, **extra_args)
+        return inner.update(grads.treedef.unflatten(grads.leaves), state, params, **extra_args)
     thetas = check_table_shapes(grads, params)
     owners = state_owners(inner, state, grads)
     check_rows_aligned(state, owners, grads)

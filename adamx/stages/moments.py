@@ -6,9 +6,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from .._rates import ema
+from .._rates import decay_power, ema
 from .._types import InfNormMoments, Moments, PyTree, as_arrays, promote, promoted_dtype
 from .._validation import (
+    _keystr,
     check_beta,
     check_flag,
     check_float_leaves,
@@ -22,6 +23,11 @@ from ..formats.base import as_format, init_moment, read_moment, write_moment
 from ._deprecation import renamed_keyword
 
 _STAGE = "scale_by_moments"
+SKIPPED_STEPS = "skipped_steps"
+"""The extra argument (``update(..., skipped_steps=...)``) that asks for a lazy catch-up:
+``{jax.tree_util.keystr(path): int32 (rows,)}``, for a leaf that holds some rows of a table
+(``adamx.sparse_rows(..., semantics="catch_up")``), the number of steps since each row was
+last updated. Leaves not named are updated as usual."""
 
 
 class ScaleByMomentsState(NamedTuple):
@@ -60,6 +66,8 @@ def scale_by_moments(
     ``running_max_nu`` and ``scale_by_rsqrt`` consume. The moments handed on are
     computed in the promoted dtype of gradient and state; the state keeps them in
     its format. Python numbers in the tree are taken as JAX arrays (as optax does).
+    ``update(..., skipped_steps={path: k})`` first decays the stored moments of a leaf's
+    rows by :math:`\beta^{k_r}` (``catch_up``; sent by ``adamx.sparse_rows``' catch-up).
 
     Args:
       b1: decay of the first moment, in [0, 1). 0 disables momentum.
@@ -104,17 +112,20 @@ def scale_by_moments(
             nu=init_moment(_STAGE, nu_format, "nu", params),
         )
 
-    def update_leaf(path, g, mu_stored, nu_stored, mu_key, nu_key):
+    def update_leaf(path, g, mu_stored, nu_stored, mu_key, nu_key, skipped):
         m, v = mu_format.decode(mu_stored, g), nu_format.decode(nu_stored, g)
         check_same_shape(_STAGE, path, g, m, "gradient")
         check_same_shape(_STAGE, path, g, v, "gradient")
+        if skipped is not None:
+            m, v = catch_up(m, skipped, b1), catch_up(v, skipped, b2)
         mu = first_moment(g, m, b1)
         nu = infinity_moment(g, v, b2, eps) if infinity_norm else second_moment(g, v, b2)
         mu_new = mu_format.encode(mu, mu_stored, mu_key)
         return record(mu, nu, g), mu_new, nu_format.encode(nu, nu_stored, nu_key)
 
     def update_fn(updates, state, params=None, **extra_args):
-        del params, extra_args
+        del params
+        skipped = extra_args.get(SKIPPED_STEPS) or {}
         require_update_tree(_STAGE, updates)
         updates = as_arrays(updates)
         check_float_leaves(_STAGE, "gradient", updates)
@@ -122,7 +133,7 @@ def scale_by_moments(
         mus, mu_keys, mu_next = read_moment(_STAGE, mu_format, "mu", updates, state.mu)
         nus, nu_keys, nu_next = read_moment(_STAGE, nu_format, "nu", updates, state.nu)
         leaves = zip(paths_and_grads, mus, nus, mu_keys, nu_keys, strict=True)
-        rows = [update_leaf(path, g, *rest) for (path, g), *rest in leaves]
+        rows = [update_leaf(p, g, *rest, skipped.get(_keystr(p))) for (p, g), *rest in leaves]
         moments = treedef.unflatten([row[0] for row in rows])
         mu = write_moment(mu_format, treedef, [row[1] for row in rows], mu_next, state.mu)
         nu = write_moment(nu_format, treedef, [row[2] for row in rows], nu_next, state.nu)
@@ -173,6 +184,20 @@ def second_moment(g: jax.Array, v: jax.Array, b2: float | jax.Array) -> jax.Arra
     """
     g = g.astype(promoted_dtype(g, v))
     return ema((g.conj() * g).real if jnp.iscomplexobj(g) else g * g, v, b2)
+
+
+def catch_up(x: jax.Array, skipped: jax.Array, beta: float | jax.Array) -> jax.Array:
+    r""":math:`\beta^{k_r} x_r` for each row r: the decay of k_r steps with a zero gradient.
+
+    A row of a table that ``adamx.sparse_rows(..., semantics="catch_up")`` did not update for
+    k steps gets, before this step's update, the decay dense Adam's zero gradients would have
+    applied: :math:`m \leftarrow \beta_1^k m`, :math:`v \leftarrow \beta_2^k v`, and for
+    AdaMax's :math:`u \leftarrow \beta_2^k u` (its floor ε never binds once the step's
+    :math:`|g| + \varepsilon` enters the max). k = 0 leaves x as it is, bit for bit.
+    """
+    decay = decay_power(beta, skipped.astype(jnp.int32))
+    decay = decay.reshape(-1, *(1,) * (x.ndim - 1))
+    return jnp.multiply(*promote(x, decay)).astype(x.dtype)
 
 
 def infinity_moment(

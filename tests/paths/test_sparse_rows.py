@@ -421,3 +421,73 @@ def test_decoupled_decay_without_params_names_the_stage():
         tx.update(sparse_grads(params), tx.init(params))
     tx = adamx.sparse_rows(adamx.adam(1e-2))  # a chain that needs no params runs without
     tx.update(sparse_grads(params), tx.init(params))
+
+
+# --- catch_up -----------------------------------------------------------------------------
+
+
+def numpy_catch_up(theta, batches, lr, b1, b2, eps):
+    """Adam with the lazy catch-up, in float64: a touched row last updated k steps ago first
+    decays m by β1^k and v by β2^k; bias corrections use the global step."""
+    theta = np.array(theta, np.float64)
+    m, v = np.zeros_like(theta), np.zeros_like(theta)
+    last = np.zeros(theta.shape[0], np.int64)
+    for t, (indices, values) in enumerate(batches):
+        g = np.zeros_like(theta)
+        keep = (indices >= 0) & (indices < theta.shape[0])
+        np.add.at(g, indices[keep], values[keep])
+        rows = np.unique(indices[keep])
+        k = (t - last[rows])[:, None]
+        m[rows] = b1 * (b1**k * m[rows]) + (1 - b1) * g[rows]
+        v[rows] = b2 * (b2**k * v[rows]) + (1 - b2) * g[rows] ** 2
+        m_hat, v_hat = m[rows] / (1 - b1 ** (t + 1)), v[rows] / (1 - b2 ** (t + 1))
+        theta[rows] -= lr * m_hat / (np.sqrt(v_hat) + eps)
+        last[rows] = t + 1
+    return theta, m, v
+
+
+def zipf_batches(rows: int, steps: int, k: int, seed: int = 0):
+    """``steps`` batches of ``k`` entries drawn from a Zipf law over the rows (the last two
+    entries of each batch are padding), values N(0, 1)."""
+    rng = np.random.default_rng(seed)
+    p = 1.0 / np.arange(1, rows + 1)
+    out = []
+    for _ in range(steps):
+        indices = rng.choice(rows, k, p=p / p.sum()).astype(np.int32)
+        indices[-2:] = rows
+        out.append((indices, rng.normal(size=(k, WIDTH)).astype(np.float32)))
+    return out
+
+
+def test_catch_up_matches_a_numpy_reference():
+    lr, b1, b2, eps = 1e-2, 0.8, 0.95, 1e-8
+    params = {"emb": table_params()["emb"]}
+    tx = adamx.sparse_rows(adamx.adam(lr, b1=b1, b2=b2, eps=eps), semantics="catch_up")
+    step = jax.jit(step_fn(tx))
+    state = tx.init(params)
+    batches = zipf_batches(ROWS, 40, 6)
+    for indices, values in batches:
+        g = adamx.RowSparse(jnp.asarray(indices), jnp.asarray(values), ROWS)
+        params, state = step(params, state, {"emb": g})
+    theta, m, v = numpy_catch_up(table_params()["emb"], batches, lr, b1, b2, eps)
+    np.testing.assert_allclose(state.inner[0].mu["emb"], m, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(state.inner[0].nu["emb"], v, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(params["emb"], theta, rtol=1e-5, atol=1e-6)
+    assert isinstance(state, adamx.SparseRowsState) and int(state.count) == 40
+
+
+def test_catch_up_is_lazy_when_every_row_is_touched():
+    """k = 0 for every row at every step: β^0 = 1, the lazy numbers bit for bit."""
+    inner, params = make("adamw_mask_schedule", "blockwise_8bit"), table_params()
+    ours = run(adamx.sparse_rows(inner, semantics="catch_up"), params, 4, sparse=True, jit=True)
+    lazy = run(adamx.sparse_rows(inner), params, 4, sparse=True, jit=True)
+    jax.tree.map(np.testing.assert_array_equal, (ours[0], ours[1].inner), lazy)
+    assert {k: v.tolist() for k, v in ours[1].last_step.items()} == {
+        "['dense']['w']": [4] * 3,
+        "['emb']": [4] * ROWS,
+    }
+
+
+def test_catch_up_needs_scale_by_moments():
+    with pytest.raises(ValueError, match=r"catch_up.*no ScaleByMomentsState.*semantics='lazy'"):
+        adamx.sparse_rows(optax.adam(1e-2), semantics="catch_up").init(table_params())

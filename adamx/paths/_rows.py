@@ -63,8 +63,10 @@ def _coalesced(g: Any) -> Any:
     return coalesce(g) if is_row_sparse(g) and not g.coalesced else g
 
 
-def _is_none(x: Any) -> bool:
-    return x is None
+def _is_empty(x: Any) -> bool:
+    """A parameter position that holds no array in a state (None: an 8-bit float32 leaf's
+    scales; ``optax.MaskedNode``: a leaf a stage skips, e.g. Kahan's float32 leaves)."""
+    return x is None or isinstance(x, optax.MaskedNode)
 
 
 def state_owners(inner: optax.GradientTransformation, state: PyTree, grads: Grads) -> list:
@@ -79,13 +81,13 @@ def state_owners(inner: optax.GradientTransformation, state: PyTree, grads: Grad
     ids = grads.treedef.unflatten([Owner(i) for i in range(len(grads.leaves))])
 
     def owner(leaf: Any, label: Owner) -> Any:
-        return None if leaf is None else label
+        return leaf if _is_empty(leaf) else label
 
     def other(value: Any) -> Any:
         return jax.tree.map(_not_per_parameter, value)
 
     labels = optax.tree_utils.tree_map_params(
-        inner, owner, state, ids, transform_non_params=other, is_leaf=_is_none
+        inner, owner, state, ids, transform_non_params=other, is_leaf=_is_empty
     )
     return jax.tree.leaves(labels)
 

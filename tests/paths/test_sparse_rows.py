@@ -131,6 +131,17 @@ def test_every_row_touched_is_dense_under_jit(optimizer, fmt):
             np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("post", [adamx.kahan_summation, adamx.stochastic_rounding])
+def test_every_row_touched_bf16_table_with_a_parameter_stage_inside(post):
+    """A bfloat16 table with Kahan summation / stochastic rounding of the parameters inside
+    the wrapper (their state or noise per element, row-aligned): the dense run, op by op."""
+    inner = optax.chain(adamx.adamw(1e-2, weight_decay=0.1), post())
+    params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), table_params())
+    ours = run(adamx.sparse_rows(inner), params, 3, sparse=True, jit=False)
+    theirs = run(inner, params, 3, sparse=False, jit=False)
+    jax.tree.map(np.testing.assert_array_equal, ours, theirs)
+
+
 # --- edge cases ---------------------------------------------------------------------------
 
 

@@ -19,6 +19,7 @@ import optax
 
 from .._masks import path_to_str
 from .._packed import PackedTree
+from .._row_ops import gather_rows, scatter_rows
 from .._sparse import RowSparse, coalesce, is_row_sparse
 from .._types import PyTree
 
@@ -162,19 +163,13 @@ def check_table_shapes(grads: Grads, params: PyTree | None) -> list | None:
 
 
 def take_rows(x: jax.Array, g: RowSparse) -> jax.Array:
-    """``x[indices]``, zeros at padding entries: :math:`x_{\\mathrm{idx}_i}` or 0."""
-    return jnp.take(x, g.indices, axis=0, mode="fill", fill_value=0)
+    """``x[indices]``, zeros at padding entries (a row-split ``x`` on Explicit axes too)."""
+    return gather_rows(x, g.indices)
 
 
 def put_rows(x: jax.Array, g: RowSparse, rows: jax.Array) -> jax.Array:
     """``x`` with its touched rows replaced by ``rows`` (padding entries are dropped)."""
-    return x.at[g.indices].set(rows, mode="drop", indices_are_sorted=True)
-
-
-def touched(g: RowSparse) -> jax.Array:
-    """bool ``(k, 1, ...)``: the entries of ``g`` that are rows, not padding."""
-    valid = (g.indices >= 0) & (g.indices < g.num_rows)
-    return valid.reshape(-1, *(1,) * (jnp.ndim(g.values) - 1))
+    return scatter_rows(x, g.indices, rows, indices_are_sorted=True)
 
 
 def view_state(state_leaves: list, owners: list, tables: dict[int, RowSparse]) -> list:
@@ -199,8 +194,12 @@ def _of_table(label: Any, tables: dict[int, RowSparse]) -> bool:
 
 
 def sparse_updates(grads: Grads, updates: PyTree) -> PyTree:
-    """The inner chain's updates with each table's rows as a coalesced ``RowSparse`` (zero at
-    padding entries, so ``optax.apply_if_finite`` and norms see no stray values)."""
+    """The inner chain's updates with each table's rows as a coalesced ``RowSparse``.
+
+    The rows at padding entries are what the chain makes of a zero row (0 for Adam with
+    ε > 0) and are never applied. They are not masked to 0: a select between the update's
+    last multiply and ``apply_updates``' add would change how XLA contracts the two into an
+    FMA, and so the compiled update's rounding against the dense step's."""
     leaves = grads.treedef.flatten_up_to(updates)
     tables = grads.tables
     for i, g in tables.items():

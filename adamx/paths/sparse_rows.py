@@ -45,17 +45,30 @@ is not touched:
 of its inputs and scalars (the step count, a schedule): ``adam``, ``adamw``, ``nadam(w)``,
 ``radam``, ``amsgrad``, ``adamax(w)``, any moment format whose storage is row-aligned
 (float dtypes, ``stochastic_float``, ``blockwise_8bit`` on tables of 2 or more dimensions,
-whose blocks lie inside a row). A stage with per-tensor statistics (a norm, a clip by
-global norm, a trust ratio) would see only the touched rows (and zero padding rows) inside
-``sparse_rows``: chain it outside, on the row-sparse gradient, or not at all.
+whose blocks lie inside a row; a Kahan compensation or stochastic rounding of the parameters
+inside the wrapper too). A stage with statistics over a whole tensor sees only the touched
+rows inside ``sparse_rows`` (and zero rows at padding entries): for the gradient that is
+exact, as its untouched rows are zero (``optax.clip_by_global_norm`` chained inside the
+wrapper clips by the true global norm; outside it would meet the ``RowSparse``' int32
+indices); for the parameters or the state it is not (a trust ratio ``‖θ‖ / ‖u‖``, as LAMB's,
+would see the touched rows' norm).
 
 When every row is touched (in any order, with duplicates and padding) the lazy update is
-bit-identical to the dense one: the rows are gathered in sorted order, so each element sees
-the same operations (and stochastic rounding the same random bits) as in the dense step.
+the dense one: the rows are gathered in sorted order, so each element sees the same
+operations (and stochastic rounding the same random bits) as in the dense step; op by op
+the results are bit-identical. Compiled, the lazy step is another XLA program: it fuses the
+chain around gathers and scatters, and XLA:CPU contracts a multiply and an add into one FMA
+within a fusion, so an element may differ by a rounding per step from the compiled dense
+step (as for ``multi_tensor``), and a moment stored in 8 bits may then take its
+neighbouring code.
 
 Indices: an entry outside ``[0, num_rows)`` is padding (pad with ``num_rows``): it reads
-zeros, writes nothing, and its update row is 0. ``adamx.row_sparse`` refuses such indices
+zeros and writes nothing; its row of the returned update is what the chain makes of a zero
+row (0 for Adam with ε > 0) and is never applied. ``adamx.row_sparse`` refuses such indices
 when they are concrete; under ``jit`` they cannot be checked and are ignored.
+
+Tables split by rows over a mesh (``PartitionSpec("data", None)``, Auto or Explicit axes)
+work: the touched rows are read where they live and the state stays laid out as the table.
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _promotion import standard
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 import adamx
 
@@ -502,3 +504,51 @@ def test_catch_up_is_lazy_when_every_row_is_touched():
 def test_catch_up_needs_scale_by_moments():
     with pytest.raises(ValueError, match=r"catch_up.*no ScaleByMomentsState.*semantics='lazy'"):
         adamx.sparse_rows(optax.adam(1e-2), semantics="catch_up").init(table_params())
+
+
+# --- inside the wrapper: gradient statistics; tables split over a mesh -------------------
+
+
+def test_clip_by_global_norm_inside_sees_the_whole_gradient_norm():
+    """The untouched rows of a row-sparse gradient are zero, so the global norm of the touched
+    rows and the dense leaves is the gradient's: clipping inside the wrapper is the dense
+    clip (up to the order of the sum of squares)."""
+    inner = optax.chain(optax.clip_by_global_norm(1.0), adamx.adam(1e-2))
+    params = table_params()
+    with standard():
+        ours = run(adamx.sparse_rows(inner), params, 3, sparse=True, jit=True)
+        theirs = run(inner, params, 3, sparse=False, jit=True)
+    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-6, atol=1e-7), ours, theirs)
+
+
+@pytest.mark.parametrize("explicit", [True, False])
+@pytest.mark.parametrize("semantics", ["lazy", "catch_up"])
+def test_table_split_by_rows_over_a_mesh(eight_devices, explicit, semantics):
+    """A (1024, 16) table split by rows over 8 devices, 8-bit m: the rows are read and written
+    where they live, the layout is kept, and the numbers are the one-device run's."""
+    axis_type = AxisType.Explicit if explicit else AxisType.Auto
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(axis_type,), devices=eight_devices)
+    inner = adamx.adamw(1e-2, mu_dtype=adamx.blockwise_8bit(block_size=16, min_size=0))
+    tx = adamx.sparse_rows(inner, semantics=semantics)
+    rows, width = 1024, 16
+
+    def step(params, state, indices):
+        g = adamx.row_sparse(indices, jnp.ones((64, width)), rows)
+        updates, state = tx.update({"emb": g, "w": jnp.ones(3)}, state, params)
+        return optax.apply_updates(params, updates), state
+
+    batches = [
+        jnp.asarray(np.random.default_rng(t).integers(0, rows, 64), jnp.int32) for t in range(3)
+    ]
+    single = {"emb": jnp.ones((rows, width)), "w": jnp.ones(3)}
+    state = tx.init(single)
+    for indices in batches:
+        single, state = jax.jit(step)(single, state, indices)
+    with jax.set_mesh(mesh):
+        split = NamedSharding(mesh, PartitionSpec("data", None))
+        params = {"emb": jax.device_put(jnp.ones((rows, width)), split), "w": jnp.ones(3)}
+        state = jax.jit(tx.init)(params)
+        for indices in batches:
+            params, state = jax.jit(step)(params, state, indices)
+    assert params["emb"].sharding.spec == PartitionSpec("data", None)
+    np.testing.assert_array_equal(params["emb"], single["emb"])

@@ -39,7 +39,13 @@ is not touched:
   decay). The state is a ``SparseRowsState``: the wrapped chain's, the step count and an
   int32 per row of each parameter (its last update), 4 bytes per row. Needs adamx's
   ``scale_by_moments`` in the chain: it applies the decay (the extra argument
-  ``skipped_steps``), with the chain's own β1, β2 (injected ones too).
+  ``skipped_steps``), with the chain's own β1, β2 (injected ones too). It makes the
+  moments of the rows a step touches dense Adam's, not the trajectory: measured on a
+  2000 × 16 table, Zipf-sampled rows (64 a step), 300 closed-loop steps, the parameters'
+  distance to dense Adam's, relative to the distance those travelled, is 0.78 with
+  catch-up against 0.56 lazy (lr 1e-2; 0.80 against 0.73 at lr 1e-1): dense Adam's
+  momentum keeps moving an untouched row, which the lazy row's undecayed m partly makes up
+  when it is next touched. For dense Adam's trajectory use "dense_equivalent".
 
 "Elementwise chain": every stage computes each element of its output from the same element
 of its inputs and scalars (the step count, a schedule): ``adam``, ``adamw``, ``nadam(w)``,

@@ -29,7 +29,6 @@ import re
 
 import chex
 import jax
-import jax._src.core as _jax_core  # ShardingTypeError: no public module exports it (jax 0.10)
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -47,17 +46,6 @@ COLLECTIVE = re.compile(
     r"(-start)?\("
 )
 SHAPE = re.compile(r"[a-z0-9]+\[([0-9,]*)\]")
-
-EXPLICIT_XFAIL = pytest.mark.xfail(
-    strict=True,
-    raises=_jax_core.ShardingTypeError,
-    reason=(
-        "sparse_rows gathers and scatters state rows with jnp.take / x.at[i].set (adamx/paths/"
-        "_rows.py take_rows, put_rows) and RowSparse.__radd__ does both (adamx/_sparse.py): on "
-        "Explicit axes JAX asks for out_sharding= there. Fix: use adamx._row_ops.gather_rows / "
-        "scatter_rows (verified: these tests then pass)."
-    ),
-)
 
 
 def _loss(params, ids, target):
@@ -185,7 +173,6 @@ def test_auto_axes(eight_devices, layout, name):
     _check("auto", layout, name)
 
 
-@EXPLICIT_XFAIL
 @pytest.mark.parametrize(("layout", "name"), CASES)
 def test_explicit_axes(eight_devices, layout, name):
     """Explicit axes (the layout in the array types): same checks as Auto."""

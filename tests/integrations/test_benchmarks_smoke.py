@@ -153,4 +153,4 @@ def test_sparse_rows_quick_measures_every_contender_and_writes_the_table(tmp_pat
     assert table.returncode == 0, table.stderr[-3000:]
     text = readme.read_text()
     assert "old" not in text and text.startswith("head\n") and text.endswith("tail\n")
-    assert "| table | contender | per step |" in text and "| goal | value |" in text
+    assert "| table | contender | per step (median) |" in text and "| goal | value |" in text

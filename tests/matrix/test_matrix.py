@@ -216,10 +216,11 @@ def assert_matches(cell: Cell, ours, theirs) -> None:
         return
     fmt = FORMATS[cell.format]
     drift = STEPS * LR_MAX * fmt.update_rounding  # see Format.update_rounding
-    if HOSTS[cell.host].reduces_gradient and PATHS[cell.path].devices > 1:
-        # The gradient differs by a rounding (Host.reduces_gradient), so a stored moment may
-        # land on its neighbouring value: one storage ulp of m, a relative 2^-storage_bits of
-        # that element's update, per step.
+    reduced = HOSTS[cell.host].reduces_gradient and PATHS[cell.path].devices > 1
+    if reduced or PATHS[cell.path].regathers_gradient:
+        # The gradient differs by a rounding (Host.reduces_gradient, Path.regathers_gradient),
+        # so a stored moment may land on its neighbouring value: one storage ulp of m, a
+        # relative 2^-storage_bits of that element's update, per step.
         drift += STEPS * LR_MAX * 2.0**-fmt.storage_bits
     for (where, a), b in zip(
         jax.tree_util.tree_leaves_with_path(ours), jax.tree.leaves(theirs), strict=True

@@ -63,6 +63,10 @@ class Path:
     outer: Callable | None = None
     # The format's parameter-side stage goes inside ``wrap`` (sparse_rows: it must see rows).
     post_inside: bool = False
+    # The path computes the gradient in another program (sparse_rows: rows gathered, duplicates
+    # summed), so XLA contracts the moment update differently and a narrow stored moment may
+    # land on its neighbouring value (test_matrix.assert_matches allows one storage ulp a step).
+    regathers_gradient: bool = False
     context: Callable = contextlib.nullcontext  # () -> the context the loop runs in
 
     def make_init(self, tx):
@@ -171,6 +175,10 @@ PATHS: dict[str, Path] = {
     # The lazy-rows path with every row of the (64, 128) leaf touched (scrambled, duplicated,
     # padded): the same numbers as the per-leaf run, bit for bit.
     "sparse_rows": Path(
-        exact=False, wrap=adamx.sparse_rows, outer=_as_row_sparse, post_inside=True
+        exact=False,
+        wrap=adamx.sparse_rows,
+        outer=_as_row_sparse,
+        post_inside=True,
+        regathers_gradient=True,
     ),
 }

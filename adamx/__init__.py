@@ -7,6 +7,7 @@ from ._masks import path_mask as path_mask
 from ._nbytes import state_nbytes as state_nbytes
 from ._packed import PackedTree as PackedTree
 from ._rates import ScheduleState as ScheduleState
+from ._row_grad import value_and_row_grad as value_and_row_grad
 from ._sparse import RowSparse as RowSparse
 from ._sparse import row_sparse as row_sparse
 from ._types import InfNormMoments as InfNormMoments
@@ -109,4 +110,5 @@ __all__ = [
     "state_nbytes",
     "stochastic_float",
     "stochastic_rounding",
+    "value_and_row_grad",
 ]

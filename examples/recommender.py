@@ -47,10 +47,6 @@ import adamx
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-value_and_row_grad = getattr(adamx, "value_and_row_grad", None)
-if value_and_row_grad is None:  # until adamx exports it
-    from adamx._row_grad import value_and_row_grad
-
 
 class Data:
     """Generated interactions: ``train`` (user, item) pairs and one held-out item per user.
@@ -119,7 +115,7 @@ def touched_rows(users, pos, neg):
 
 def make_step(optimizer, lazy):
     if lazy:
-        grad_fn = value_and_row_grad(bpr_loss, rows=touched_rows)
+        grad_fn = adamx.value_and_row_grad(bpr_loss, rows=touched_rows)
     else:
         grad_fn = jax.value_and_grad(bpr_loss)
 

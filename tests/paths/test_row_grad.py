@@ -16,7 +16,7 @@ import pytest
 from flax import linen as nn
 from flax import nnx
 
-from adamx._row_grad import value_and_row_grad
+import adamx
 from adamx._sparse import RowSparse, is_row_sparse
 
 
@@ -85,7 +85,7 @@ def test_equals_dense_grad(lookups, dtype, jit):
     """float32 and bfloat16 tables, eager and jitted: the dense gradient (module docstring)."""
     loss, rows = (_one_lookup_each, _one_lookup_rows) if lookups == "one" else (_loss, _rows)
     params, batch = _params(dtype), _batch(2)
-    fn = value_and_row_grad(loss, rows=rows)
+    fn = adamx.value_and_row_grad(loss, rows=rows)
     dense = jax.value_and_grad(loss)
     if jit:
         fn, dense = jax.jit(fn), jax.jit(dense)
@@ -105,7 +105,7 @@ def test_coalesced_layout():
     users = jnp.array([7, 3, 7, 7], jnp.int32)
     items = jnp.array([49, 0, 49, 0], jnp.int32)
     context = jnp.zeros((4, 3), jnp.int32)
-    fn = value_and_row_grad(_loss, rows=_rows, size={"user": 6})
+    fn = adamx.value_and_row_grad(_loss, rows=_rows, size={"user": 6})
     _, g = fn(params, users, items, context)
     user, item = g["user"], g["tower"]["item"]
     assert isinstance(user, RowSparse) and user.coalesced and item.coalesced
@@ -125,7 +125,7 @@ def test_has_aux_and_kwargs():
     def rows(users, items, *, context):
         return _rows(users, items, context)
 
-    fn = value_and_row_grad(loss, rows=rows, has_aux=True)
+    fn = adamx.value_and_row_grad(loss, rows=rows, has_aux=True)
     (value, aux), got = fn(params, users, items, context=context)
     (want_value, want_aux), want = jax.value_and_grad(loss, has_aux=True)(
         params, users, items, context=context
@@ -142,7 +142,7 @@ def test_ids_of_any_shape_and_basic_indices():
     def loss(params, ids):
         return jnp.sum(params["user"][ids, :4] ** 2) + jnp.sum(params["user"][ids[0], 6])
 
-    _, got = value_and_row_grad(loss, rows=lambda ids: {"user": ids}, size=4)(params, ids)
+    _, got = adamx.value_and_row_grad(loss, rows=lambda ids: {"user": ids}, size=4)(params, ids)
     want = jax.grad(loss)(params, ids)
     chex.assert_trees_all_equal(_dense(got), want)
 
@@ -156,7 +156,7 @@ def test_jit_compiles_once_for_batches_of_one_size():
         traces.append(1)
         return _loss(params, users, items, context)
 
-    fn = jax.jit(value_and_row_grad(loss, rows=_rows))
+    fn = jax.jit(adamx.value_and_row_grad(loss, rows=_rows))
     dense = jax.jit(jax.grad(_loss))
     for seed in range(4):
         batch = _batch(10 + seed)
@@ -182,7 +182,7 @@ def test_no_table_sized_temporary():
     def loss(params, ids):
         return jnp.mean((params["emb"][ids] @ params["w"]) ** 2)
 
-    fn = value_and_row_grad(loss, rows=lambda ids: {"emb": ids})
+    fn = adamx.value_and_row_grad(loss, rows=lambda ids: {"emb": ids})
     table_bytes, rows_bytes = 262144 * 32 * 4, 1024 * 32 * 4
     sparse = jax.jit(fn).lower(params, ids).compile().memory_analysis()
     dense = jax.jit(jax.value_and_grad(loss)).lower(params, ids).compile().memory_analysis()
@@ -203,7 +203,7 @@ def test_linen_and_nnx_param_trees():
     def loss(params, ids):
         return jnp.sum(tower.apply(params["tower"], params["emb"]["embedding"][ids]) ** 2)
 
-    fn = value_and_row_grad(loss, rows=lambda ids: {"emb/embedding": ids})
+    fn = adamx.value_and_row_grad(loss, rows=lambda ids: {"emb/embedding": ids})
     chex.assert_trees_all_equal(_dense(fn(params, ids)[1]), jax.grad(loss)(params, ids))
 
     class Model(nnx.Module):
@@ -219,7 +219,7 @@ def test_linen_and_nnx_param_trees():
     def nnx_loss(state, ids):
         return nnx.merge(graph, state)(ids)
 
-    got = value_and_row_grad(nnx_loss, rows=lambda ids: {"embed/value": ids})(state, ids)[1]
+    got = adamx.value_and_row_grad(nnx_loss, rows=lambda ids: {"embed/value": ids})(state, ids)[1]
     assert is_row_sparse(got["embed"].value)
     chex.assert_trees_all_equal(_dense(got), jax.grad(nnx_loss)(state, ids))
 
@@ -233,25 +233,25 @@ def _simple(params, ids):
 
 
 def test_unknown_table_lists_paths():
-    fn = value_and_row_grad(_simple, rows=lambda ids: {"tower/items": ids})
+    fn = adamx.value_and_row_grad(_simple, rows=lambda ids: {"tower/items": ids})
     with pytest.raises(ValueError, match=r"'tower/items'.*\['tower/b', 'tower/item', 'tower/w'"):
         fn(_params(), jnp.array([1]))
 
 
 def test_ids_must_be_integers():
-    fn = value_and_row_grad(_simple, rows=lambda ids: {"tower/item": ids})
+    fn = adamx.value_and_row_grad(_simple, rows=lambda ids: {"tower/item": ids})
     with pytest.raises(TypeError, match=r"rows\(...\)\['tower/item'\] must be integer ids"):
         fn(_params(), jnp.array([1.0]))
 
 
 def test_size_too_small_when_concrete():
-    fn = value_and_row_grad(_simple, rows=lambda ids: {"tower/item": ids}, size=2)
+    fn = adamx.value_and_row_grad(_simple, rows=lambda ids: {"tower/item": ids}, size=2)
     with pytest.raises(ValueError, match=r"size must be >= the 3 distinct ids of 'tower/item'"):
         fn(_params(), jnp.array([1, 2, 3, 3]))
 
 
 def test_out_of_range_ids_when_concrete():
-    fn = value_and_row_grad(_simple, rows=lambda ids: {"tower/item": ids})
+    fn = adamx.value_and_row_grad(_simple, rows=lambda ids: {"tower/item": ids})
     with pytest.raises(ValueError, match=r"must be ids in \[0, 50\).*got \[50, -1\]"):
         fn(_params(), jnp.array([1, 50, -1]))
 
@@ -262,14 +262,14 @@ def test_reading_an_unlisted_row():
     def loss(params, ids, other):
         return jnp.sum(params["tower"]["item"][other])
 
-    fn = value_and_row_grad(loss, rows=lambda ids, other: {"tower/item": ids})
+    fn = adamx.value_and_row_grad(loss, rows=lambda ids, other: {"tower/item": ids})
     ids, other = jnp.array([1, 2]), jnp.array([2, 7])
     with pytest.raises(ValueError, match=r"read rows \[7\] of the table 'tower/item' that rows"):
         fn(_params(), ids, other)
     value, _ = jax.jit(fn)(_params(), ids, other)
     assert np.isnan(value)
     # a row dropped because size was too small reads NaN too (under jit nothing can raise)
-    small = value_and_row_grad(loss, rows=lambda ids, other: {"tower/item": ids}, size=1)
+    small = adamx.value_and_row_grad(loss, rows=lambda ids, other: {"tower/item": ids}, size=1)
     assert np.isnan(jax.jit(small)(_params(), ids, ids)[0])
 
 
@@ -290,7 +290,7 @@ def _nnx_embed(params, ids):
 @pytest.mark.parametrize("loss", [_take, _matmul, _nnx_embed])
 def test_table_used_as_an_array(loss):
     """Anything but ``table[ids]`` (jnp.take, @, flax's Embed) names the table and the fix."""
-    fn = value_and_row_grad(loss, rows=lambda ids: {"user": ids})
+    fn = adamx.value_and_row_grad(loss, rows=lambda ids: {"user": ids})
     with pytest.raises(TypeError, match=r"'user' was used as an array.*table\[ids\]"):
         fn(_params(), jnp.array([1]))
 
@@ -298,7 +298,7 @@ def test_table_used_as_an_array(loss):
 def test_out_of_range_ids_under_jit_read_nan():
     """Under jit nothing can raise: an out-of-range id is dropped from the gradient (padding)
     and its lookup reads NaN, so the loss says so."""
-    fn = jax.jit(value_and_row_grad(_simple, rows=lambda ids: {"tower/item": ids}))
+    fn = jax.jit(adamx.value_and_row_grad(_simple, rows=lambda ids: {"tower/item": ids}))
     value, g = fn(_params(), jnp.array([1, 50, -1]))
     assert np.isnan(value)
     np.testing.assert_array_equal(g["tower"]["item"].indices, [1, 50, 50])
@@ -306,7 +306,7 @@ def test_out_of_range_ids_under_jit_read_nan():
 
 def test_empty_batch():
     """No ids: a RowSparse with no entries (a step with it changes no row)."""
-    fn = value_and_row_grad(_simple, rows=lambda ids: {"tower/item": ids})
+    fn = adamx.value_and_row_grad(_simple, rows=lambda ids: {"tower/item": ids})
     for f in (fn, jax.jit(fn)):
         value, g = f(_params(), jnp.zeros((0,), jnp.int32))
         assert value == 0 and g["tower"]["item"].indices.shape == (0,)
@@ -328,13 +328,13 @@ def test_through_transformations_inside_the_loss():
         scanned = jax.lax.scan(body, jnp.float32(0), ids)[0]
         return remat(params, ids) + jax.jit(_simple)(params, ids) + scanned
 
-    fn = value_and_row_grad(loss, rows=lambda ids: {"user": ids, "tower/item": ids})
+    fn = adamx.value_and_row_grad(loss, rows=lambda ids: {"user": ids, "tower/item": ids})
     ids = jnp.array([3, 1, 3], jnp.int32)
     chex.assert_trees_all_equal(_dense(fn(_params(), ids)[1]), jax.grad(loss)(_params(), ids))
 
 
 def test_size_names_an_unknown_table():
-    fn = value_and_row_grad(_simple, rows=lambda ids: {"tower/item": ids}, size={"user": 4})
+    fn = adamx.value_and_row_grad(_simple, rows=lambda ids: {"tower/item": ids}, size={"user": 4})
     with pytest.raises(
         ValueError, match=r"size names tables that rows\(...\) does not: \['user'\]"
     ):
@@ -352,4 +352,4 @@ def test_size_names_an_unknown_table():
 )
 def test_argument_checks(kwargs, error, match):
     with pytest.raises(error, match=match):
-        value_and_row_grad(_loss, **kwargs)
+        adamx.value_and_row_grad(_loss, **kwargs)

@@ -37,7 +37,6 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 import adamx
 import adamx.sharding
-from adamx._row_grad import value_and_row_grad
 from adamx._row_ops import gather_rows, scatter_rows
 
 NUM_ROWS, WIDTH, BATCH, STEPS = 4096, 16, 64, 3
@@ -78,7 +77,7 @@ def _data():
 
 
 def _step_fn(tx, traces):
-    grad_fn = value_and_row_grad(_loss, rows=_rows)
+    grad_fn = adamx.value_and_row_grad(_loss, rows=_rows)
 
     def step(params, state, ids, target):
         traces.append(1)

@@ -21,14 +21,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from ._masks import path_to_str
 from ._row_ops import gather_rows, replicated
 from ._row_table import RowTable, in_range
 from ._sparse import RowSparse, distinct_rows
-from ._validation import check_flag, check_size
+from ._validation import check_flag, check_row_ids, check_size
 
 Rows = Callable[..., Mapping[str, jax.typing.ArrayLike]]
 
@@ -162,30 +161,11 @@ def _tables(wanted: Any, paths: list, leaves: list, size: Any) -> dict[int, RowT
         n = size.get(path) if isinstance(size, Mapping) else size
         n = ids.shape[0] if n is None else n
         num_rows = table.shape[0]
-        _check_ids(path, ids, num_rows, n)
+        check_row_ids(f"rows(...)[{path!r}]", ids, num_rows, n)
         unique = distinct_rows(in_range(ids, num_rows), num_rows, n)
         gathered = gather_rows(table, unique)
         tables[i] = RowTable(gathered, unique, num_rows, path)
     return tables
-
-
-def _check_ids(path: str, ids: jax.Array, num_rows: int, size: int) -> None:
-    if isinstance(ids, jax.core.Tracer):
-        return
-    found = np.asarray(ids)
-    bad = found[(found < 0) | (found >= num_rows)]
-    if bad.size:
-        raise ValueError(
-            f"rows(...)[{path!r}] must be ids in [0, {num_rows}) (the table's rows), got "
-            f"{bad[:5].tolist()}."
-        )
-    distinct = np.unique(found).size
-    if distinct > size:
-        raise ValueError(
-            f"size must be >= the {distinct} distinct ids of {path!r} in this batch, got "
-            f"{size}: rows would be dropped. Pass size >= the largest number of distinct ids "
-            "in a batch (or None: the number of ids)."
-        )
 
 
 def _row_sparse(table: RowTable, grad: jax.Array) -> RowSparse:

@@ -28,6 +28,7 @@ import numpy as np
 
 from ._row_ops import gather_rows, replicated, scatter_rows
 from ._types import promote
+from ._validation import check_row_ids
 
 
 @functools.partial(
@@ -153,23 +154,5 @@ def row_sparse(
         )
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
         raise ValueError(f"size must be an int >= 0, got {size!r}.")
-    _check_concrete(indices, int(num_rows), size)
+    check_row_ids("indices", indices, int(num_rows), size, padding=True)
     return coalesce(RowSparse(indices.astype(jnp.int32), values, int(num_rows)), size)
-
-
-def _check_concrete(indices: jax.Array, num_rows: int, size: int | None) -> None:
-    if isinstance(indices, jax.core.Tracer):
-        return
-    found = np.asarray(indices)
-    bad = found[(found < 0) | (found > num_rows)]
-    if bad.size:
-        raise ValueError(
-            f"indices must lie in [0, num_rows] = [0, {num_rows}] ({num_rows} marks padding), "
-            f"got {bad[:5].tolist()}. Under jit such indices are ignored, like padding."
-        )
-    distinct = np.unique(found[found < num_rows]).size
-    if size is not None and distinct > size:
-        raise ValueError(
-            f"size={size} is smaller than the {distinct} distinct rows in indices: rows would "
-            f"be dropped. Pass size >= the largest number of distinct rows in a batch."
-        )

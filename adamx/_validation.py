@@ -76,6 +76,31 @@ def check_positive_number(name: str, value: Any, why: str = "") -> None:
         raise ValueError(f"{name} must be a number > 0, got {value!r}: {why}".rstrip(": "))
 
 
+def check_row_ids(
+    name: str, ids: Any, num_rows: int, size: int | None, *, padding: bool = False
+) -> None:
+    """Concrete row ids (a traced array is accepted as is): each in ``[0, num_rows)`` (or
+    ``num_rows``, padding, if ``padding``), and at most ``size`` distinct rows (more would be
+    dropped). Under ``jit`` nothing can be checked: the callers document what happens."""
+    if isinstance(ids, jax.core.Tracer):
+        return
+    found = np.asarray(ids)
+    top = num_rows + 1 if padding else num_rows
+    bad = found[(found < 0) | (found >= top)]
+    if bad.size:
+        allowed = f"[0, {num_rows}] ({num_rows} marks padding)" if padding else f"[0, {num_rows})"
+        raise ValueError(
+            f"{name} must be row ids in {allowed}, got {bad[:5].tolist()}. Under jit such ids "
+            "cannot be checked: they are ignored, like padding."
+        )
+    distinct = np.unique(found[found < num_rows]).size
+    if size is not None and distinct > size:
+        raise ValueError(
+            f"size must be >= the {distinct} distinct rows of {name} in this batch, got {size}: "
+            "rows would be dropped. Pass size >= the largest number of distinct rows in a batch."
+        )
+
+
 def check_beta(name: str, value: Any) -> None:
     """A decay rate must lie in [0, 1): b = 1 would freeze the moving average."""
     if isinstance(value, bool) or not (is_concrete_number(value) or _is_array_like(value)):

@@ -246,13 +246,15 @@ def test_ids_must_be_integers():
 
 def test_size_too_small_when_concrete():
     fn = adamx.value_and_row_grad(_simple, rows=lambda ids: {"tower/item": ids}, size=2)
-    with pytest.raises(ValueError, match=r"size must be >= the 3 distinct ids of 'tower/item'"):
+    with pytest.raises(
+        ValueError, match=r"size must be >= the 3 distinct rows of rows\(...\)\['tower/item'\]"
+    ):
         fn(_params(), jnp.array([1, 2, 3, 3]))
 
 
 def test_out_of_range_ids_when_concrete():
     fn = adamx.value_and_row_grad(_simple, rows=lambda ids: {"tower/item": ids})
-    with pytest.raises(ValueError, match=r"must be ids in \[0, 50\).*got \[50, -1\]"):
+    with pytest.raises(ValueError, match=r"must be row ids in \[0, 50\).*got \[50, -1\]"):
         fn(_params(), jnp.array([1, 50, -1]))
 
 

@@ -193,9 +193,14 @@ def test_out_of_range_indices_are_ignored_under_jit_and_refused_when_concrete():
     moved = np.flatnonzero(np.any(np.asarray(new["emb"] != params["emb"]), axis=1))
     np.testing.assert_array_equal(moved, [4])
     assert np.flatnonzero(np.any(np.asarray(state[0].nu["emb"]) != 0, axis=1)).tolist() == [4]
-    with pytest.raises(ValueError, match=r"indices must lie in \[0, num_rows\].*got \[-1, 21\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"indices must be row ids in \[0, \d+\] \(\d+ marks padding\).*got \[-1, 21\]",
+    ):
         adamx.row_sparse(jnp.array([-1, ROWS + 5, 4]), jnp.ones((3, WIDTH)), ROWS)
-    with pytest.raises(ValueError, match="size=1 is smaller than the 2 distinct rows"):
+    with pytest.raises(
+        ValueError, match="size must be >= the 2 distinct rows of indices in this batch, got 1"
+    ):
         adamx.row_sparse(jnp.array([2, 4]), jnp.ones((2, WIDTH)), ROWS, size=1)
 
 

@@ -56,8 +56,23 @@ def split_grads(grads: PyTree) -> Grads:
     """``grads`` flattened with each ``RowSparse`` as one leaf, coalesced (sorted, distinct
     rows, padding last) unless it already is."""
     paths_and_leaves, treedef = jax.tree_util.tree_flatten_with_path(grads, is_leaf=is_row_sparse)
+    for path, g in paths_and_leaves:
+        _check_indices(path, g)
     leaves = [_coalesced(g) for _, g in paths_and_leaves]
     return Grads([tuple(p) for p, _ in paths_and_leaves], treedef, leaves)
+
+
+def _check_indices(path: tuple, g: Any) -> None:
+    """A ``RowSparse``'s indices are a pytree leaf, so a transformation chained before
+    ``sparse_rows`` treats them as gradient numbers: optax.clip / scale turn them into floats
+    (a global-norm clip or MultiSteps refuse them outright). Refuse such a gradient."""
+    if is_row_sparse(g) and not jnp.issubdtype(jnp.result_type(g.indices), jnp.integer):
+        raise ValueError(
+            f"sparse_rows: the RowSparse gradient at {path_to_str(path)!r} has "
+            f"{jnp.result_type(g.indices)} indices: a transformation chained before sparse_rows "
+            "computed with them as numbers. Chain gradient transformations (clipping, scaling, "
+            "noise) inside adamx.sparse_rows, where they see the touched rows."
+        )
 
 
 def _coalesced(g: Any) -> Any:

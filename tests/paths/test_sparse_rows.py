@@ -427,6 +427,19 @@ def test_refuses_packed_state_inside():
         tx.update(sparse_grads(params), tx.init(params), params)
 
 
+@pytest.mark.parametrize("before", [optax.clip(1.0), optax.scale(0.5)], ids=["clip", "scale"])
+def test_refuses_indices_a_transformation_before_it_computed_with(before):
+    """A RowSparse's indices are a pytree leaf: optax.clip / scale chained before sparse_rows
+    turn them into floats (they would name other rows); the path refuses them."""
+    params = table_params()
+    tx = optax.chain(before, adamx.sparse_rows(adamx.adam(1e-2)))
+    with (
+        standard(),
+        pytest.raises(ValueError, match=r"at 'emb' has float32 indices.*inside adamx.sparse_rows"),
+    ):
+        tx.update(sparse_grads(params), tx.init(params), params)
+
+
 def test_refuses_unknown_semantics():
     with pytest.raises(ValueError, match=r"semantics must be one of 'lazy', 'dense_equivalent'"):
         adamx.sparse_rows(adamx.adam(1e-2), semantics="eager")

@@ -181,4 +181,20 @@ PATHS: dict[str, Path] = {
         post_inside=True,
         regathers_gradient=True,
     ),
+    # The same with the two other semantics: catch-up (every row touched: k = 0 each step, its
+    # own state and the skipped_steps argument through every host) and dense-equivalent.
+    "sparse_rows_catch_up": Path(
+        exact=False,
+        wrap=functools.partial(adamx.sparse_rows, semantics="catch_up"),
+        outer=_as_row_sparse,
+        post_inside=True,
+        regathers_gradient=True,
+    ),
+    "sparse_rows_dense_equivalent": Path(
+        exact=False,
+        wrap=functools.partial(adamx.sparse_rows, semantics="dense_equivalent"),
+        outer=_as_row_sparse,
+        post_inside=True,
+        regathers_gradient=True,
+    ),
 }

@@ -104,7 +104,7 @@ RULES: dict[str, Rule] = {
         r"cannot be laid out like the parameter.*a block must lie on one device",
     ),
     "row_sparse_gradient_clipped_outside": Rule(
-        lambda c: c.path == "sparse_rows" and c.host == "clip_chain",
+        lambda c: c.path.startswith("sparse_rows") and c.host == "clip_chain",
         "clip_by_global_norm computes with every leaf of the gradient, and a RowSparse's int32 "
         "indices are a leaf: optax refuses them. Chain the clip inside adamx.sparse_rows, where "
         "it sees the touched rows (their global norm is the row-sparse gradient's norm)",
@@ -112,13 +112,22 @@ RULES: dict[str, Rule] = {
         r"lax.select requires arguments to have the same dtypes",
     ),
     "row_sparse_gradient_accumulated": Rule(
-        lambda c: c.path == "sparse_rows" and c.host == "multi_steps",
+        lambda c: c.path.startswith("sparse_rows") and c.host == "multi_steps",
         "optax.MultiSteps keeps a running mean of the gradients shaped like the params, which a "
         "RowSparse is not (and different batches touch different rows): optax refuses it. "
         "Accumulate the mini-batches' rows yourself (concatenate their indices and values) or "
         "take dense gradients",
         ValueError,
         r"pytree structure error: different types at key path",
+    ),
+    "dense_update_of_a_row_sparse_gradient": Rule(
+        lambda c: c.path == "sparse_rows_dense_equivalent" and c.host == "apply_if_finite",
+        "semantics='dense_equivalent' moves every row, so its update is a dense array while the "
+        "gradient is a RowSparse; apply_if_finite's reject branch returns zeros shaped like the "
+        "gradient, and optax requires both branches alike. Chain apply_if_finite inside "
+        "adamx.sparse_rows",
+        TypeError,
+        r"cond branch outputs must have the same pytree structure",
     ),
     "nnx_holds_no_packed_tree": Rule(
         lambda c: c.host == "nnx" and PATHS[c.path].packed,

@@ -25,8 +25,8 @@ import optax
 
 from ._masks import path_to_str
 from ._row_ops import gather_rows, replicated
-from ._row_table import RowTable, in_range
-from ._sparse import RowSparse, distinct_rows
+from ._row_table import RowTable
+from ._sparse import RowSparse, distinct_rows, in_range
 from ._validation import check_flag, check_row_ids, check_size
 
 Rows = Callable[..., Mapping[str, jax.typing.ArrayLike]]

@@ -22,6 +22,7 @@ import numpy as np
 from jax.sharding import PartitionSpec
 
 from ._row_ops import explicit_spec, replicated
+from ._sparse import in_range
 
 
 @functools.partial(
@@ -110,11 +111,6 @@ def _is_ids(x: Any) -> bool:
 
 def _is_basic(x: Any) -> bool:
     return x is None or x is Ellipsis or isinstance(x, (slice, int, np.integer))
-
-
-def in_range(ids: jax.Array, num_rows: int) -> jax.Array:
-    """int32 ``ids``, every one outside ``[0, num_rows)`` replaced by ``num_rows`` (padding)."""
-    return jnp.where((ids >= 0) & (ids < num_rows), ids, num_rows).astype(jnp.int32)
 
 
 def _check_found(path: str, ids: jax.Array, found: jax.Array) -> None:

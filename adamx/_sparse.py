@@ -69,7 +69,7 @@ class RowSparse:
     def todense(self) -> jax.Array:
         """The table-sized array (for references and small tables only)."""
         zeros = jnp.zeros(self.shape, self.dtype)
-        return zeros.at[_in_range(self.indices, self.num_rows)].add(self.values, mode="drop")
+        return zeros.at[in_range(self.indices, self.num_rows)].add(self.values, mode="drop")
 
     def __radd__(self, table: jax.Array) -> jax.Array:
         """``table + self``: the touched rows, ``(θ_i + u_i)`` in the promoted dtype, cast
@@ -83,7 +83,7 @@ def is_row_sparse(x: object) -> bool:
     return isinstance(x, RowSparse)
 
 
-def _in_range(indices: jax.Array, num_rows: int) -> jax.Array:
+def in_range(indices: jax.Array, num_rows: int) -> jax.Array:
     """``indices`` with every entry outside ``[0, num_rows)`` replaced by ``num_rows`` (padding):
     a negative index must not wrap around to the end of the table."""
     return jnp.where((indices >= 0) & (indices < num_rows), indices, num_rows).astype(jnp.int32)
@@ -100,7 +100,7 @@ def coalesce(g: RowSparse, size: int | None = None) -> RowSparse:
     if g.coalesced and size in (None, g.indices.shape[0]):
         return g
     size = g.indices.shape[0] if size is None else size
-    indices = replicated(_in_range(g.indices, g.num_rows))
+    indices = replicated(in_range(g.indices, g.num_rows))
     unique = distinct_rows(indices, g.num_rows, size)
     found = jnp.searchsorted(unique, indices).astype(jnp.int32)
     kept = (indices < g.num_rows) & (jnp.take(unique, found, mode="clip") == indices)

@@ -4,7 +4,9 @@ from . import formats as formats
 from . import sharding as sharding
 from ._masks import exclude_paths as exclude_paths
 from ._masks import path_mask as path_mask
+from ._nbytes import TrainingBytes as TrainingBytes
 from ._nbytes import state_nbytes as state_nbytes
+from ._nbytes import training_nbytes as training_nbytes
 from ._packed import PackedTree as PackedTree
 from ._rates import ScheduleState as ScheduleState
 from ._row_grad import value_and_row_grad as value_and_row_grad
@@ -12,6 +14,7 @@ from ._sparse import RowSparse as RowSparse
 from ._sparse import row_sparse as row_sparse
 from ._types import InfNormMoments as InfNormMoments
 from ._types import Moments as Moments
+from .aliases import adafactor as adafactor
 from .aliases import adam as adam
 from .aliases import adamax as adamax
 from .aliases import adamaxw as adamaxw
@@ -21,12 +24,17 @@ from .aliases import nadam as nadam
 from .aliases import nadamw as nadamw
 from .aliases import radam as radam
 from .formats import Blockwise8bit as Blockwise8bit
+from .formats import Factored as Factored
+from .formats import FactoredMoment as FactoredMoment
 from .formats import FloatFormat as FloatFormat
 from .formats import MomentFormat as MomentFormat
 from .formats import QuantizedMoment as QuantizedMoment
 from .formats import StochasticFloatFormat as StochasticFloatFormat
 from .formats import StochasticFloatMoment as StochasticFloatMoment
+from .formats import blockwise as blockwise
+from .formats import blockwise_4bit as blockwise_4bit
 from .formats import blockwise_8bit as blockwise_8bit
+from .formats import factored as factored
 from .formats import stochastic_float as stochastic_float
 from .paths import MultiTensorState as MultiTensorState
 from .paths import SparseRowsState as SparseRowsState
@@ -34,6 +42,7 @@ from .paths import multi_tensor as multi_tensor
 from .paths import pack as pack
 from .paths import sparse_rows as sparse_rows
 from .stages import BiasCorrectState as BiasCorrectState
+from .stages import FactoredRmsState as FactoredRmsState
 from .stages import KahanState as KahanState
 from .stages import MomentumScheduleState as MomentumScheduleState
 from .stages import PackedMaskedState as PackedMaskedState
@@ -46,6 +55,7 @@ from .stages import add_decoupled_weight_decay as add_decoupled_weight_decay
 from .stages import bias_correct as bias_correct
 from .stages import kahan_summation as kahan_summation
 from .stages import running_max_nu as running_max_nu
+from .stages import scale_by_factored_rms as scale_by_factored_rms
 from .stages import scale_by_lr as scale_by_lr
 from .stages import scale_by_moments as scale_by_moments
 from .stages import scale_by_rsqrt as scale_by_rsqrt
@@ -64,6 +74,9 @@ def __getattr__(name: str) -> type:
 __all__ = [
     "BiasCorrectState",
     "Blockwise8bit",
+    "Factored",
+    "FactoredMoment",
+    "FactoredRmsState",
     "FloatFormat",
     "InfNormMoments",
     "KahanState",
@@ -83,6 +96,8 @@ __all__ = [
     "StochasticFloatFormat",
     "StochasticFloatMoment",
     "StochasticRoundingState",
+    "TrainingBytes",
+    "adafactor",
     "adam",
     "adamax",
     "adamaxw",
@@ -91,8 +106,11 @@ __all__ = [
     "add_decoupled_weight_decay",
     "amsgrad",
     "bias_correct",
+    "blockwise",
+    "blockwise_4bit",
     "blockwise_8bit",
     "exclude_paths",
+    "factored",
     "kahan_summation",
     "multi_tensor",
     "nadam",
@@ -102,6 +120,7 @@ __all__ = [
     "radam",
     "row_sparse",
     "running_max_nu",
+    "scale_by_factored_rms",
     "scale_by_lr",
     "scale_by_moments",
     "scale_by_rsqrt",
@@ -110,5 +129,6 @@ __all__ = [
     "state_nbytes",
     "stochastic_float",
     "stochastic_rounding",
+    "training_nbytes",
     "value_and_row_grad",
 ]

@@ -38,3 +38,12 @@ def leaf_nbytes(leaf: Any) -> int:
     if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):  # typed key: count its data
         leaf = jax.eval_shape(jax.random.key_data, leaf)
     return int(np.prod(leaf.shape, dtype=np.int64)) * np.dtype(leaf.dtype).itemsize
+
+
+class TrainingBytes:
+    """Placeholder (issue 14)."""
+
+
+def training_nbytes(*args: Any, **kwargs: Any) -> Any:
+    """Placeholder until the training-state budget lands (issue 14)."""
+    raise NotImplementedError("adamx.training_nbytes is being written (issue 14)")

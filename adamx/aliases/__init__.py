@@ -5,6 +5,7 @@ options after them), so each alias repeats its leading parameters on purpose: ev
 file reads alone. Shared pieces (``_parts.py``) return stages, never whole chains.
 """
 
+from .adafactor import adafactor as adafactor
 from .adam import adam as adam
 from .adam import adamw as adamw
 from .adamax import adamax as adamax

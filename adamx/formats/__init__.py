@@ -5,7 +5,10 @@
 - ``float``: ``FloatFormat``, one float array per leaf (the default; optax's ``mu_dtype``);
 - ``stochastic``: ``stochastic_float``, a narrow float rounded stochastically;
 - ``blockwise`` / ``blockwise_options``: ``blockwise_8bit``, 8-bit codes and block scales;
-- ``codec`` (blocks and scales) and ``qmaps`` (the 8-bit maps): the 8-bit arithmetic;
+- ``blockwise`` / ``blockwise_options``: also ``blockwise_4bit`` (two codes a byte);
+- ``factored`` (``factored``: a second moment kept as row and column means) over
+  ``factors`` (the arithmetic it shares with ``adamx.adafactor``);
+- ``codec`` (blocks and scales) and ``qmaps`` (the 8- and 4-bit maps): the blockwise arithmetic;
 - ``rounding`` and ``random_bits``: stochastic rounding and its cheap random bits;
 - ``base``: what the stages call (``as_format``, ``init_moment``, ``read_moment``,
   ``write_moment``); ``leaves``: leaf positions through ``adamx.pack``.
@@ -15,7 +18,12 @@ import warnings
 
 from .blockwise import Blockwise8bit as Blockwise8bit
 from .blockwise import QuantizedMoment as QuantizedMoment
+from .blockwise_options import blockwise as blockwise
+from .blockwise_options import blockwise_4bit as blockwise_4bit
 from .blockwise_options import blockwise_8bit as blockwise_8bit
+from .factored import Factored as Factored
+from .factored import FactoredMoment as FactoredMoment
+from .factored import factored as factored
 from .float import FloatFormat as FloatFormat
 from .protocol import MomentFormat as MomentFormat
 from .protocol import MomentRecord as MomentRecord

@@ -130,3 +130,13 @@ def _check_qmap(qmap: object, signed: bool | None) -> None:
         resolve_qmap(qmap, True)
     except ValueError:
         resolve_qmap(qmap, False)
+
+
+def blockwise(*args: object, **kwargs: object) -> Blockwise8bit:
+    """Placeholder until 4-bit codes land (issue 14)."""
+    raise NotImplementedError("adamx.blockwise is being written (issue 14)")
+
+
+def blockwise_4bit(*args: object, **kwargs: object) -> Blockwise8bit:
+    """Placeholder until 4-bit codes land (issue 14)."""
+    raise NotImplementedError("adamx.blockwise_4bit is being written (issue 14)")

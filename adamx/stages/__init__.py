@@ -16,6 +16,8 @@ from .amsgrad import running_max_nu as running_max_nu
 from .bias_correction import BiasCorrectState as BiasCorrectState
 from .bias_correction import MomentumScheduleState as MomentumScheduleState
 from .bias_correction import bias_correct as bias_correct
+from .factored_rms import FactoredRmsState as FactoredRmsState
+from .factored_rms import scale_by_factored_rms as scale_by_factored_rms
 from .learning_rate import scale_by_lr as scale_by_lr
 from .low_precision import KahanState as KahanState
 from .low_precision import StochasticRoundingState as StochasticRoundingState

@@ -29,9 +29,10 @@ MARKERS = {
     "matrix_pairwise": "the matrix's pairwise covering array, run by default",
     "matrix_ci": "every format x path x host of the matrix for CI's optimizers: -m matrix_ci",
     "benchmark_smoke": "benchmarks/gpu.py --quick on CPU (about a minute): -m benchmark_smoke",
+    "slow": "long reference streams and exhaustive sweeps, kept out of the default run: -m slow",
 }
 # Markers whose tests run only when a -m expression names them (.ci/run does).
-OPT_IN = ("matrix_", "benchmark_smoke")
+OPT_IN = ("matrix_", "benchmark_smoke", "slow")
 
 
 @pytest.fixture(scope="session")
@@ -53,8 +54,8 @@ def pytest_configure(config):
 
 def pytest_collection_modifyitems(config, items):
     """Deselect the opt-in tests (the matrix cells outside the pairwise covering array, the
-    benchmark smoke run) unless the ``-m`` expression names them: then ``-m`` alone selects,
-    e.g. ``-m matrix_ci``."""
+    benchmark smoke run, the slow tests) unless the ``-m`` expression names them: then
+    ``-m`` alone selects, e.g. ``-m matrix_ci``."""
     if any(name in (config.getoption("markexpr") or "") for name in OPT_IN):
         return
     kept, dropped = [], []
@@ -62,7 +63,7 @@ def pytest_collection_modifyitems(config, items):
         extra = item.get_closest_marker("matrix_full") and not item.get_closest_marker(
             "matrix_pairwise"
         )
-        extra = extra or item.get_closest_marker("benchmark_smoke")
+        extra = extra or any(item.get_closest_marker(m) for m in ("benchmark_smoke", "slow"))
         (dropped if extra else kept).append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)

@@ -99,6 +99,12 @@ FORMATS = {
 }
 CASES = [(o, f) for o in OPTIMIZERS for f in FORMATS if not (o == "adamaxw" and f == "bf16_mu")]
 CASES += [("adamaxw", "bf16_mu")]
+# The default run keeps adam in every format and every optimizer in float32; the rest of the
+# product runs with -m slow (.ci/run's slow stage).
+CASES = [
+    pytest.param(o, f, marks=() if o == "adam" or f == "float32" else pytest.mark.slow)
+    for o, f in CASES
+]
 
 
 def make(optimizer: str, fmt: str) -> optax.GradientTransformation:

@@ -42,6 +42,7 @@ from .paths import multi_tensor as multi_tensor
 from .paths import pack as pack
 from .paths import sparse_rows as sparse_rows
 from .stages import BiasCorrectState as BiasCorrectState
+from .stages import BlockRmsState as BlockRmsState
 from .stages import FactoredRmsState as FactoredRmsState
 from .stages import KahanState as KahanState
 from .stages import MomentumScheduleState as MomentumScheduleState
@@ -53,11 +54,13 @@ from .stages import StochasticRoundingState as StochasticRoundingState
 from .stages import add_coupled_weight_decay as add_coupled_weight_decay
 from .stages import add_decoupled_weight_decay as add_decoupled_weight_decay
 from .stages import bias_correct as bias_correct
+from .stages import clip_by_block_rms as clip_by_block_rms
 from .stages import kahan_summation as kahan_summation
 from .stages import running_max_nu as running_max_nu
 from .stages import scale_by_factored_rms as scale_by_factored_rms
 from .stages import scale_by_lr as scale_by_lr
 from .stages import scale_by_moments as scale_by_moments
+from .stages import scale_by_param_block_rms as scale_by_param_block_rms
 from .stages import scale_by_rsqrt as scale_by_rsqrt
 from .stages import stochastic_rounding as stochastic_rounding
 
@@ -73,6 +76,7 @@ def __getattr__(name: str) -> type:
 
 __all__ = [
     "BiasCorrectState",
+    "BlockRmsState",
     "Blockwise8bit",
     "Factored",
     "FactoredMoment",
@@ -109,6 +113,7 @@ __all__ = [
     "blockwise",
     "blockwise_4bit",
     "blockwise_8bit",
+    "clip_by_block_rms",
     "exclude_paths",
     "factored",
     "kahan_summation",
@@ -123,6 +128,7 @@ __all__ = [
     "scale_by_factored_rms",
     "scale_by_lr",
     "scale_by_moments",
+    "scale_by_param_block_rms",
     "scale_by_rsqrt",
     "sharding",
     "sparse_rows",

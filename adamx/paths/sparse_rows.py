@@ -85,6 +85,7 @@ import optax
 from .._sparse import is_row_sparse
 from .._types import PyTree
 from .._validation import check_choice
+from ..stages.block_rms import BlockRmsState
 from ..stages.moments import SKIPPED_STEPS
 from ._catch_up import advance, init_catch_up, skipped_steps
 from ._rows import (
@@ -194,6 +195,7 @@ def _lazy_update(
     if not tables:
         return inner.update(grads.treedef.unflatten(grads.leaves), state, params, **extra_args)
     thetas = check_table_shapes(grads, params)
+    _refuse_per_tensor_stages(state)
     owners = state_owners(inner, state, grads)
     check_rows_aligned(state, owners, grads)
     leaves, state_def = jax.tree.flatten(state)
@@ -210,6 +212,20 @@ def _lazy_update(
         )
     new_state = state_def.unflatten(merge_state(leaves, new_leaves, owners, tables))
     return sparse_updates(grads, row_updates), new_state
+
+
+def _refuse_per_tensor_stages(state: PyTree) -> None:
+    """A stage that reads a statistic of a whole leaf (``BlockRmsState``) would read the rows."""
+    marked = jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, BlockRmsState))
+    if any(isinstance(x, BlockRmsState) for x in marked):
+        raise ValueError(
+            f"{_STAGE}: the wrapped chain holds a per-tensor stage (clip_by_block_rms or "
+            "scale_by_param_block_rms, e.g. in adamx.adafactor), which computes the RMS of "
+            "each whole leaf; on a table's touched rows it would be the RMS of those rows, "
+            "not of the table. Give the tables a row-wise optimizer (optax.multi_transform: "
+            "sparse_rows(adamx.adam(...)) for them, the per-tensor chain for the rest), or "
+            "use semantics='dense_equivalent'."
+        )
 
 
 def _rows_tree(grads: Grads, leaves: list, *, gather: bool = False) -> PyTree:

@@ -16,6 +16,9 @@ from .amsgrad import running_max_nu as running_max_nu
 from .bias_correction import BiasCorrectState as BiasCorrectState
 from .bias_correction import MomentumScheduleState as MomentumScheduleState
 from .bias_correction import bias_correct as bias_correct
+from .block_rms import BlockRmsState as BlockRmsState
+from .block_rms import clip_by_block_rms as clip_by_block_rms
+from .block_rms import scale_by_param_block_rms as scale_by_param_block_rms
 from .factored_rms import FactoredRmsState as FactoredRmsState
 from .factored_rms import scale_by_factored_rms as scale_by_factored_rms
 from .learning_rate import scale_by_lr as scale_by_lr

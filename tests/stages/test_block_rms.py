@@ -76,3 +76,11 @@ def test_refused_inside_sparse_rows():
 def test_bad_arguments_are_named(make, arg):
     with pytest.raises((ValueError, TypeError), match=arg):
         make(-1.0)
+
+
+def test_docstring_examples_run():
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module("adamx.stages.block_rms"))
+    assert result.failed == 0 and result.attempted >= 3, result

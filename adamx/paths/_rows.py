@@ -22,6 +22,7 @@ from .._packed import PackedTree
 from .._row_ops import gather_rows, scatter_rows
 from .._sparse import RowSparse, coalesce, is_row_sparse
 from .._types import PyTree
+from ..formats.factored import FactoredMoment
 
 _STAGE = "sparse_rows"
 
@@ -135,6 +136,7 @@ def check_rows_aligned(state: PyTree, owners: list, grads: Grads) -> None:
     ``num_rows`` (float moments, ``stochastic_float``, ``blockwise_8bit`` with blocks inside
     a row). Anything else is refused, naming the table, the state array and the fix."""
     tables = grads.tables
+    _refuse_factored_tables(state, owners, grads)
     state_paths = jax.tree_util.tree_flatten_with_path(state)[0]
     for (path, leaf), label in zip(state_paths, owners, strict=True):
         if not isinstance(label, Owner) or label.leaf not in tables:
@@ -150,6 +152,34 @@ def check_rows_aligned(state: PyTree, owners: list, grads: Grads) -> None:
                 "adamx.stochastic_float(), adamx.blockwise_8bit() on a table of 2 or more "
                 "dimensions: its blocks lie inside a row), or give this table a dense gradient."
             )
+
+
+def _refuse_factored_tables(state: PyTree, owners: list, grads: Grads) -> None:
+    """A table whose second moment ``adamx.factored`` keeps as row and column means has no
+    per-row state: each column mean averages every row. Its shapes can pass the row check
+    (a square table's column means have num_rows entries), so the record is recognised."""
+    tables, offset = grads.tables, 0
+    for node in jax.tree.leaves(state, is_leaf=_is_factored):
+        if not isinstance(node, FactoredMoment):
+            offset += 1
+            continue
+        start = offset + len(jax.tree.leaves(node.row))  # the data fields' order: row, col, ...
+        offset += len(jax.tree.leaves(node))
+        for label in owners[start : start + len(jax.tree.leaves(node.col))]:
+            if isinstance(label, Owner) and label.leaf in tables:
+                raise ValueError(
+                    f"{_STAGE}: the table at {path_to_str(grads.paths[label.leaf])} has its "
+                    f"second moment stored by nu_dtype={node.description}, as row and column "
+                    "means: every column mean averages all rows, so the touched rows cannot "
+                    "be read and written alone. Give this table a row-aligned nu_dtype (a "
+                    "float dtype, adamx.stochastic_float(), adamx.blockwise_8bit()), e.g. "
+                    "through optax.multi_transform, or keep it unfactored with a "
+                    "min_dim_size_to_factor above its second-largest dimension."
+                )
+
+
+def _is_factored(x: Any) -> bool:
+    return isinstance(x, FactoredMoment)
 
 
 def check_table_shapes(grads: Grads, params: PyTree | None) -> list | None:

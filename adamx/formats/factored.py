@@ -1,11 +1,6 @@
-r"""A factored second moment: row and column means per matrix (``factored``; Adafactor's v).
+"""A factored second moment: row and column means per matrix (``factored``, Adafactor's v).
 
-A leaf whose two largest axes are both at least ``min_dim_size_to_factor`` long
-keeps its second moment V (n × m) as the means ``r`` over its largest axis and
-``c`` over its second largest (O(n + m) numbers) and is decoded as their
-normalised outer product (Shazeer & Stern 2018; the arithmetic is ``factors``,
-shared with ``adamx.adafactor``). Any other leaf, and any bucket of packed leaves,
-keeps its full v: stored ``(v, None)`` in the same dtype.
+The arithmetic (which axes, the means) is ``factors``, shared with ``adamx.adafactor``.
 """
 
 import dataclasses
@@ -24,9 +19,7 @@ from .protocol import BucketMembers, FloatDType, MomentRecord, Role
 
 
 @functools.partial(
-    jax.tree_util.register_dataclass,
-    data_fields=["row", "col", "key", "config"],
-    meta_fields=[],
+    jax.tree_util.register_dataclass, data_fields=["row", "col", "key", "config"], meta_fields=[]
 )
 @dataclasses.dataclass(frozen=True)
 class FactoredMoment(MomentRecord):
@@ -38,8 +31,7 @@ class FactoredMoment(MomentRecord):
       col: per leaf, the mean of v over its second-largest axis ``d1`` (the shape
         without ``d1``); None where the leaf is not factored.
       key: None (the format rounds to nearest).
-      config: ``{description: uint8[1]}``: the format's configuration as a static
-        key, part of the tree structure and of checkpoint paths.
+      config: ``{description: uint8[1]}`` (``MomentRecord``).
     """
 
     row: Any
@@ -227,15 +219,18 @@ def factored(min_dim_size_to_factor: int = 128, *, dtype: FloatDType = None) -> 
 
     and the mean is linear: :math:`\operatorname{mean}_j(\beta \hat V + (1-\beta) Y) =
     \beta r + (1-\beta) \operatorname{mean}_j Y`. (``Factored.accumulate`` computes it
-    that way, without the full matrix.) So Adam with a factored v is "Adafactor with
-    momentum" (Adafactor's β1 > 0) with Adam's β2, bias correction and ε.
+    that way, without the full matrix.) So Adam with a factored v keeps Adafactor's
+    state, with momentum, Adam's β2, bias correction and ε; its step divides by the dense
+    :math:`v_t = \beta \hat V_{t-1} + (1-\beta) g_t^2` the stage computed (whose means
+    are :math:`r_t, c_t`), where ``adamx.adafactor`` divides by :math:`\hat V_t`.
 
     Fallback: a leaf with fewer than two axes, or whose second-largest axis is shorter
     than ``min_dim_size_to_factor``, and every bucket of packed leaves (``adamx.pack``,
     ``multi_tensor``), keeps its full v in the same dtype (stored ``(v, None)``), as
     Adafactor does. As AMSGrad's maximum (``amsgrad(nu_dtype=factored())``), the state
     keeps the means of :math:`\max(\hat V^{max}_{t-1}, v_t)`: the moment handed on is
-    that dense maximum (never below :math:`v_t`), and the stored means never decrease.
+    that dense maximum (never below :math:`v_t`), and the stored means never decrease
+    (up to rounding).
 
     Args:
       min_dim_size_to_factor: a leaf is factored when its two largest axes both have
@@ -261,12 +256,7 @@ def factored(min_dim_size_to_factor: int = 128, *, dtype: FloatDType = None) -> 
       Shazeer & Stern, "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost",
       ICML 2018, arXiv:1804.04235.
     """
-    check_size(
-        "min_dim_size_to_factor",
-        min_dim_size_to_factor,
-        minimum=1,
-        what="the shortest axis length that is factored",
-    )
+    check_size("min_dim_size_to_factor", min_dim_size_to_factor, minimum=1, what="an axis length")
     _check_real_float_dtype("dtype", dtype)
     if dtype is not None and jnp.dtype(dtype).itemsize < 4:
         warnings.warn(

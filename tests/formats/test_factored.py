@@ -14,9 +14,11 @@ import numpy as np
 import optax
 import pytest
 from _promotion import standard
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
 from optax._src import factorized
 
 import adamx
+import adamx.sharding
 from adamx._rates import ema
 
 LR, B1, B2, EPS = 1e-2, 0.9, 0.999, 1e-8
@@ -273,7 +275,11 @@ def test_a_rank_one_matrix_is_stored_exactly():
 # Composition: aliases, jit, dtypes, bytes, the other roles, the configuration check.
 
 
-@pytest.mark.parametrize("alias", ["adamw", "nadam", "nadamw", "radam", "amsgrad", "adamax"])
+ALIASES = ["adamw", "nadam", "amsgrad"]
+ALIASES += [pytest.param(a, marks=pytest.mark.slow) for a in ("nadamw", "radam", "adamax")]
+
+
+@pytest.mark.parametrize("alias", ALIASES)
 def test_aliases_run_with_a_factored_v_without_retracing(alias):
     params = _params()
     tx = getattr(adamx, alias)(LR, nu_dtype=FORMAT)
@@ -383,7 +389,7 @@ def _op_by_op(tx, params, steps=2):
     return params, state
 
 
-def test_multi_tensor_and_pack_equal_the_per_leaf_run():
+def test_multi_tensor_equals_the_per_leaf_run():
     """Default min_size 4096 and min_dim_size_to_factor 32: "w" and "w2" factor, loose; the
     rest (<= 300 elements, none factorable) share a bucket with its full v."""
     params = _packable_params()
@@ -394,6 +400,12 @@ def test_multi_tensor_and_pack_equal_the_per_leaf_run():
     nu = optax.tree.get(state, "nu")
     assert nu.col.buckets["float32"] is None and nu.row.buckets["float32"].ndim == 1
     chex.assert_trees_all_equal(nu.col.loose[0], want_state[0].nu.col["w"])
+
+
+@pytest.mark.slow
+def test_pack_equals_the_per_leaf_run():
+    params, fmt = _packable_params(), adamx.factored(32)
+    want, _ = _op_by_op(adamx.adam(LR, nu_dtype=fmt), params)
     packed, _ = _op_by_op(adamx.adam(LR, nu_dtype=fmt), adamx.pack(params))
     chex.assert_trees_all_equal(packed.unpack(), want)
 
@@ -410,3 +422,75 @@ def test_a_bucket_holding_a_leaf_that_could_factor_is_refused():
     fixed = adamx.multi_tensor(adamx.adam(LR, nu_dtype=adamx.factored(32)), min_size=1024)
     want = _op_by_op(adamx.adam(LR, nu_dtype=adamx.factored(32)), params)[0]
     chex.assert_trees_all_equal(_op_by_op(fixed, params)[0], want)
+
+
+# ---------------------------------------------------------------------------
+# On 8 devices: the factors shard like the parameter without the averaged axis.
+
+MESH_SHAPES = {"a": (2048, 256), "b": (2048, 256), "c": (8, 256, 512), "d": (8, 256, 512)}
+MESH_SPECS = {
+    "a": ("x", None),  # d0 = 0 split: r (256,) whole, c (2048,) split
+    "b": (None, "x"),  # d1 = 1 split: r (256,) split, c (2048,) whole
+    "c": ("x", None, None),  # the kept axis split: both factors split on it
+    "d": (None, None, "x"),  # d0 = 2 split: r (8, 256) whole, c (8, 512) split on axis 1
+    "bias": ("x",),  # not factored: the full v, like the parameter
+}
+EXPECTED = {  # (row spec, col spec), written out
+    "a": ((), ("x",)),
+    "b": (("x",), ()),
+    "c": (("x",), ("x",)),
+    "d": ((), (None, "x")),
+    "bias": (("x",), None),
+}
+
+
+@pytest.mark.parametrize("mode", ["auto", "explicit"])
+def test_factors_shard_like_the_parameter_on_eight_devices(eight_devices, mode):
+    kind = AxisType.Explicit if mode == "explicit" else AxisType.Auto
+    mesh = jax.make_mesh((8,), ("x",), (kind,), devices=eight_devices)
+    rng = np.random.default_rng(7)
+    shapes = {**MESH_SHAPES, "bias": (256,)}
+    host = {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
+    grads_host = [jax.tree.map(lambda p, t=t: np.sin(p * (t + 1)), host) for t in range(2)]
+    fmt = adamx.factored()
+    tx = adamx.adam(LR, nu_dtype=fmt)
+
+    def put(tree):
+        return {k: jax.device_put(x, _named(mesh, MESH_SPECS[k])) for k, x in tree.items()}
+
+    with jax.set_mesh(mesh):
+        params = put(host)
+        shardings = adamx.sharding.state_shardings(tx, params)
+        if mode == "explicit":
+            state = jax.jit(tx.init)(params)
+        else:
+            state = jax.jit(tx.init, out_shardings=shardings)(params)
+        for got in (state[0].nu, shardings[0].nu):
+            for k, want in EXPECTED.items():
+                ndim = len(shapes[k]) - (want[1] is not None)
+                specs = fmt.partition_specs(MESH_SPECS[k], shapes[k])
+                assert specs == tuple(None if w is None else _pad(w, ndim) for w in want), k
+                for stored, spec in zip((got.row[k], got.col[k]), want, strict=True):
+                    if spec is None:
+                        assert stored is None, k
+                        continue
+                    sharding = getattr(stored, "sharding", stored)
+                    assert sharding.is_equivalent_to(_named(mesh, spec), ndim), (k, sharding)
+        step = jax.jit(_step(tx))
+        got = params, state
+        for g in grads_host:
+            got = step(*got, put(g))
+    one = jax.devices()[0]
+    want = jax.device_put(host, one), tx.init(jax.device_put(host, one))
+    for g in grads_host:
+        want = jax.jit(_step(tx))(*want, jax.device_put(g, one))
+    chex.assert_trees_all_close(jax.device_get(got), jax.device_get(want), rtol=1e-5, atol=1e-7)
+
+
+def _named(mesh, spec):
+    return NamedSharding(mesh, PartitionSpec(*spec))
+
+
+def _pad(spec, ndim):
+    """``spec`` with one entry per axis (``partition_specs``' form)."""
+    return tuple(spec) + (None,) * (ndim - len(spec))

@@ -138,3 +138,23 @@ def test_docstring_example():
     for test in finder.find(adamx._nbytes.training_nbytes, "training_nbytes", globs={}):
         runner.run(test)
     assert runner.failures == 0 and runner.tries >= 5
+
+
+def test_factored_v_keeps_a_row_and_a_column_per_matrix():
+    tx = adamx.adamw(1e-3, mu_dtype=adamx.blockwise_8bit(), nu_dtype=adamx.factored())
+    # w (256 x 1024, both axes >= 128): 8-bit m, v as 256 + 1024 float32 means; b falls back
+    # to a full float32 v (and float32 m, under min_size).
+    w_state = NW + 4 * NW // 256 + 4 * (256 + 1024)
+    large = budget(tx, shapes(), min_size=4096)
+    assert large == adamx.TrainingBytes(4 * NW, w_state, NW)
+    per_leaf, _ = state_nbytes_by_param(shapes(), jax.eval_shape(tx.init, shapes()))
+    assert per_leaf == [2 * 4 * NB, w_state]
+
+
+def test_optax_adafactor_state_belongs_to_its_parameters():
+    """optax's FactoredState keeps v_row, v_col and v for every leaf (placeholders of one
+    element where unused): each belongs to its parameter; the count to none."""
+    params = shapes()
+    per_leaf, shared = state_nbytes_by_param(params, jax.eval_shape(optax.adafactor(1e-2).init,
+                                                                    params))  # fmt: skip
+    assert per_leaf == [4 * (1 + 1 + NB), 4 * (256 + 1024 + 1)] and shared == COUNT

@@ -107,8 +107,8 @@ class Factored(NamedTuple):
             return row
         dims = self.dims(tuple(jnp.shape(like)))
         mean = jnp.mean(row, axis=reduced_d1(dims), keepdims=True)
-        positive = mean > 0
-        ratio = jnp.where(positive, row / jnp.where(positive, mean, 1), 0)
+        zero = mean == 0  # all-zero rows: 0, not NaN (a NaN or inf factor still propagates)
+        ratio = jnp.where(zero, 0, row / jnp.where(zero, 1, mean))
         expanded_row, expanded_col = expand_factors(ratio, col, dims)
         return expanded_row * expanded_col
 
@@ -175,7 +175,7 @@ class Factored(NamedTuple):
                 f"{path} ({size} elements) was packed into a flat bucket (adamx.pack / "
                 f"multi_tensor min_size > {size}), which keeps its full v. Give pack / "
                 f"multi_tensor a min_size <= {least} (min_dim_size_to_factor²), so that every "
-                "leaf that can be factored stays unpacked (pack's default min_size, 4096, does)."
+                "leaf that can be factored stays unpacked (the defaults do: 4096 <= 128²)."
             )
 
 

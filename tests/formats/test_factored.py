@@ -263,6 +263,16 @@ def test_the_zero_state_decodes_to_exactly_zero():
     np.testing.assert_array_equal(got, y)  # rank one: decoded exactly
 
 
+def test_a_nan_factor_is_not_hidden_by_the_safe_divide():
+    """Only an exact zero mean decodes to 0: a NaN in v poisons the leaf's estimate (as it
+    poisons a float v), rather than resetting it to 0."""
+    v = np.ones((6, 10), np.float32)
+    v[2, 3] = np.nan
+    x = jnp.zeros((6, 10))
+    stored = FORMAT.encode(jnp.asarray(v), FORMAT.init(x), None)
+    assert np.all(np.isnan(np.asarray(FORMAT.decode(stored, x))))
+
+
 def test_a_rank_one_matrix_is_stored_exactly():
     """V = a bᵀ has r = a mean(b), c = b mean(a), and r c / mean(r) = a bᵀ."""
     a, b = np.arange(1.0, 7.0), np.linspace(0.5, 2.0, 10)

@@ -256,7 +256,7 @@ def factored(min_dim_size_to_factor: int = 128, *, dtype: FloatDType = None) -> 
       Shazeer & Stern, "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost",
       ICML 2018, arXiv:1804.04235.
     """
-    check_size("min_dim_size_to_factor", min_dim_size_to_factor, minimum=1, what="an axis length")
+    check_size("min_dim_size_to_factor", min_dim_size_to_factor, minimum=0, what="an axis length")
     _check_real_float_dtype("dtype", dtype)
     if dtype is not None and jnp.dtype(dtype).itemsize < 4:
         warnings.warn(

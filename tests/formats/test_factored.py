@@ -360,8 +360,9 @@ def test_constructor_checks_and_description():
     assert adamx.factored(64, dtype=jnp.float32).describe() == (
         "factored(min_dim_size_to_factor=64, dtype=float32)"
     )
-    with pytest.raises(ValueError, match=r"min_dim_size_to_factor must be an int >= 1"):
-        adamx.factored(0)
+    with pytest.raises(ValueError, match=r"min_dim_size_to_factor must be an int >= 0"):
+        adamx.factored(-1)
+    assert adamx.factored(0).dims((1, 3)) == (0, 1)  # as optax: any leaf of two axes
     with pytest.raises(TypeError, match=r"dtype must be a floating-point dtype"):
         adamx.factored(dtype=jnp.int8)
     with pytest.raises(ValueError, match=r"dtype must be a real floating-point dtype"):

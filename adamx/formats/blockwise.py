@@ -1,9 +1,10 @@
-"""Blockwise 8-bit moments: codes and block scales per leaf (``blockwise_8bit``).
+"""Blockwise 8- and 4-bit moments: codes and block scales per leaf (``blockwise``).
 
 The ``MomentFormat`` to copy for a format that keeps several arrays per leaf
 (``fields = ("codes", "scales")``) and follows the moment it stores (``bind``).
-The arithmetic lives in ``codec`` (blocks, scales) and ``qmaps`` (the 8-bit maps);
-the factory ``blockwise_8bit`` and its checks in ``blockwise_options``.
+The arithmetic lives in ``codec`` (blocks, scales, 4-bit packing) and ``qmaps`` (the
+maps); the factories ``blockwise`` / ``blockwise_8bit`` / ``blockwise_4bit`` and their
+checks in ``blockwise_options``.
 """
 
 import dataclasses
@@ -26,15 +27,16 @@ from .qmaps import QuantMap, is_float_map, resolve_qmap
 )
 @dataclasses.dataclass(frozen=True)
 class QuantizedMoment(MomentRecord):
-    """A moment stored by ``blockwise_8bit``: parameter-shaped trees of codes and scales.
+    """A moment stored by ``blockwise``: parameter-shaped trees of codes and scales.
 
     Each tree has one entry per parameter leaf (so hosts that wrap each state
     leaf at a parameter position, such as ``flax.nnx``, see plain arrays); the
     original shape of a leaf is its gradient's.
 
     Attributes:
-      codes: per leaf, uint8 ``(*lead, n_blocks, block)``: indices into the map;
-        or the float32 moment itself for a leaf below ``min_size``.
+      codes: per leaf, uint8 ``(*lead, n_blocks, block)``: indices into the map (4 bits:
+        ``(*lead, n_blocks, ceil(block / 2))``, two a byte); or the float32 moment itself
+        for a leaf below ``min_size``.
       scales: per leaf, float32 ``(*lead, n_blocks)``: each block's max |x|
         (dynamic and linear maps) or the power of two just above it (float maps);
         None for a float32 leaf.
@@ -54,10 +56,12 @@ Stored8bit = tuple[jax.Array, jax.Array | None]  # (codes, scales), or (float32 
 
 
 class Blockwise8bit(NamedTuple):
-    """Store the moment as blockwise 8-bit codes (make it with :func:`blockwise_8bit`).
+    """Store the moment as blockwise 8- or 4-bit codes (make it with :func:`blockwise`,
+    :func:`blockwise_8bit` or :func:`blockwise_4bit`).
 
     ``signed`` and ``stochastic`` may be None until the format is bound to the
     moment it stores (``bind``): then m is signed and v, AMSGrad's maximum unsigned.
+    ``bits`` (8 or 4) is last, so that positional construction of 8-bit formats holds.
     """
 
     signed: bool | None = None
@@ -67,6 +71,7 @@ class Blockwise8bit(NamedTuple):
     sqrt: bool = False
     stochastic: bool | None = None
     seed: int = 0
+    bits: int = 8
 
     elementwise = False  # a block's scale is shared by block_size elements
     fields = ("codes", "scales")
@@ -76,13 +81,13 @@ class Blockwise8bit(NamedTuple):
         """Resolve ``signed`` (m: True, v: False) and ``stochastic`` for ``role``."""
         signed = role == "mu"
         if self.signed is not None and self.signed != signed:
-            raise ValueError(_wrong_sign_message(role, self.signed))
+            raise ValueError(_wrong_sign_message(role, self.signed, self.name))
         if self.sqrt and signed:
             raise ValueError(
-                "blockwise_8bit(sqrt=True) stores the root of a non-negative moment and is "
+                f"{self.name}(sqrt=True) stores the root of a non-negative moment and is "
                 "for nu_dtype (the second moment v); the first moment m is signed."
             )
-        resolve_qmap(self.qmap, signed)
+        resolve_qmap(self.qmap, signed, self.bits)
         stochastic = is_float_map(self.qmap) if self.stochastic is None else self.stochastic
         return self._replace(signed=signed, stochastic=stochastic)
 
@@ -92,9 +97,10 @@ class Blockwise8bit(NamedTuple):
         self._check_bound()
         if jnp.iscomplexobj(param):
             raise TypeError(
-                f"blockwise_8bit stores real moments, but got a {param.dtype} parameter of shape "
+                f"{self.name} stores real moments, but got a {param.dtype} parameter of shape "
                 f"{param.shape}. Use a float dtype for complex parameters (jnp.complex64), "
-                "or keep them out of the 8-bit optimizer with optax.masked / optax.partition."
+                f"or keep them out of the {self.bits}-bit optimizer with optax.masked / "
+                "optax.partition."
             )
         zeros = jnp.zeros_like(param, dtype=jnp.float32)
         if packed:
@@ -125,10 +131,12 @@ class Blockwise8bit(NamedTuple):
         return self._quantize(value, key if self.stochastic else None)
 
     def describe(self) -> str:
-        """``blockwise_8bit(signed=..., qmap=..., sqrt=..., block_size=..., ...)``."""
+        """``blockwise_8bit(signed=..., qmap=..., sqrt=..., block_size=..., ...)``; at 4 bits
+        ``blockwise(bits=4, signed=..., ...)`` (another tree key: a mismatched restore fails)."""
         self._check_bound()
+        head = "blockwise_8bit(" if self.bits == 8 else f"blockwise(bits={self.bits}, "
         return (
-            f"blockwise_8bit(signed={self.signed}, qmap={self._map().kind!r}, sqrt={self.sqrt}, "
+            f"{head}signed={self.signed}, qmap={self._map().kind!r}, sqrt={self.sqrt}, "
             f"block_size={self.block_size}, min_size={self.min_size}, "
             f"stochastic={self.stochastic})"
         )
@@ -150,7 +158,7 @@ class Blockwise8bit(NamedTuple):
         if not self._quantizes(tuple(shape)):
             return (spec, None)
         if axis_sizes is not None:
-            check_blocks_on_devices(tuple(shape), spec[-1], axis_sizes, self.block_size)
+            check_blocks_on_devices(tuple(shape), spec[-1], axis_sizes, self.block_size, self.name)
         return ((*spec, None), spec)
 
     def _check_bucket(self, packed: BucketMembers) -> None:
@@ -158,7 +166,7 @@ class Blockwise8bit(NamedTuple):
         if big:
             path, size = big[0]
             raise ValueError(
-                f"blockwise_8bit quantizes leaves of at least min_size={self.min_size} elements, "
+                f"{self.name} quantizes leaves of at least min_size={self.min_size} elements, "
                 f"but the leaf at {path} ({size} elements) was packed into a flat bucket "
                 f"(adamx.pack / multi_tensor min_size > {size}), where its blocks would span "
                 "unrelated leaves. Give pack / multi_tensor a min_size <= the format's "
@@ -170,7 +178,8 @@ class Blockwise8bit(NamedTuple):
         sharding = getattr(jax.typeof(value), "sharding", None)  # typed (Explicit) axes only
         spec = getattr(sharding, "spec", None)
         if spec is not None and len(spec) == value.ndim and spec[-1] is not None:
-            check_blocks_on_devices(value.shape, spec[-1], sharding.mesh.shape, self.block_size)
+            mesh_shape = sharding.mesh.shape
+            check_blocks_on_devices(value.shape, spec[-1], mesh_shape, self.block_size, self.name)
         if self.qmap == "dynamic":
             value = jax.lax.optimization_barrier(value)  # read twice below (block max, codes)
         value = jnp.sqrt(value) if self.sqrt else value
@@ -185,24 +194,29 @@ class Blockwise8bit(NamedTuple):
     def _check_bound(self) -> None:
         if self.signed is None or self.stochastic is None:
             raise ValueError(
-                "this blockwise_8bit format is not bound to a moment yet: pass it as mu_dtype / "
+                f"this {self.name} format is not bound to a moment yet: pass it as mu_dtype / "
                 "nu_dtype (the optimizer binds it), or call .bind('mu') / .bind('nu') first."
             )
 
     def _map(self) -> QuantMap:
-        return resolve_qmap(self.qmap, self.signed)
+        return resolve_qmap(self.qmap, self.signed, self.bits)
+
+    @property
+    def name(self) -> str:
+        """``blockwise_8bit`` or ``blockwise_4bit``: the constructor, for messages."""
+        return f"blockwise_{self.bits}bit"
 
 
-def _wrong_sign_message(role: Role, signed: bool) -> str:
+def _wrong_sign_message(role: Role, signed: bool, name: str) -> str:
     if role == "mu":
         return (
-            "mu_dtype=blockwise_8bit(signed=False) would clip the negative entries of the "
-            "first moment m to 0. Use blockwise_8bit() (signed is then chosen for the moment) "
-            "or blockwise_8bit(signed=True) for mu_dtype."
+            f"mu_dtype={name}(signed=False) would clip the negative entries of the "
+            f"first moment m to 0. Use {name}() (signed is then chosen for the moment) "
+            f"or {name}(signed=True) for mu_dtype."
         )
     return (
-        f"{ARGUMENTS[role]}=blockwise_8bit(signed=True) would store the second moment v >= 0 "
+        f"{ARGUMENTS[role]}={name}(signed=True) would store the second moment v >= 0 "
         "on the signed map, wasting half its codes, and round v to nearest, so it could not "
-        "decay. Use blockwise_8bit() (signed is then chosen for the moment) or "
-        "blockwise_8bit(signed=False) for nu_dtype."
+        f"decay. Use {name}() (signed is then chosen for the moment) or "
+        f"{name}(signed=False) for nu_dtype."
     )

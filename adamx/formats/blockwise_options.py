@@ -1,6 +1,7 @@
-"""``blockwise_8bit(...)``: the user's constructor of the 8-bit format, and its checks."""
+"""``blockwise(bits, ...)``, ``blockwise_8bit(...)``, ``blockwise_4bit(...)``: the user's
+constructors of the blockwise format, and their checks."""
 
-from .._validation import check_flag, check_power_of_two, check_seed, check_size
+from .._validation import check_choice, check_flag, check_power_of_two, check_seed, check_size
 from .blockwise import Blockwise8bit
 from .qmaps import is_float_map, resolve_qmap
 
@@ -80,12 +81,20 @@ def blockwise_8bit(
       Micikevicius et al., "FP8 Formats for Deep Learning", arXiv:2209.05433;
       Rouhani et al., "Microscaling Data Formats for Deep Learning", arXiv:2310.10537.
     """
-    _check_options(signed, block_size, min_size, qmap, sqrt, stochastic, seed)
-    fmt = Blockwise8bit(signed, block_size, min_size, qmap, sqrt, stochastic, seed)
-    return fmt if signed is None else fmt.bind("mu" if signed else "nu")
+    return blockwise(
+        8,
+        signed,
+        block_size=block_size,
+        min_size=min_size,
+        qmap=qmap,
+        sqrt=sqrt,
+        stochastic=stochastic,
+        seed=seed,
+    )
 
 
 def _check_options(
+    bits: int,
     signed: object,
     block_size: object,
     min_size: object,
@@ -94,7 +103,7 @@ def _check_options(
     stochastic: object,
     seed: object,
 ) -> None:
-    """Each argument of ``blockwise_8bit`` alone, then the pairs that contradict each other."""
+    """Each argument of ``blockwise`` alone, then the pairs that contradict each other."""
     check_flag("signed", signed, optional=True)
     check_power_of_two(
         "block_size",
@@ -104,7 +113,7 @@ def _check_options(
         "of a sharded axis, so blocks never straddle devices.",
     )
     check_size("min_size", min_size, minimum=0, what="elements")
-    _check_qmap(qmap, signed)
+    _check_qmap(qmap, signed, bits)
     check_flag("sqrt", sqrt)
     if sqrt and signed:
         raise ValueError(
@@ -120,23 +129,95 @@ def _check_options(
     check_seed("seed", seed)
 
 
-def _check_qmap(qmap: object, signed: bool | None) -> None:
+def _check_qmap(qmap: object, signed: bool | None, bits: int) -> None:
     """``qmap`` must name a map for ``signed``; unbound (None), for one of the two moments
     (it is checked again when bound)."""
     if signed is not None:
-        resolve_qmap(qmap, signed)
+        resolve_qmap(qmap, signed, bits)
         return
     try:
-        resolve_qmap(qmap, True)
+        resolve_qmap(qmap, True, bits)
     except ValueError:
-        resolve_qmap(qmap, False)
+        resolve_qmap(qmap, False, bits)
 
 
-def blockwise(*args: object, **kwargs: object) -> Blockwise8bit:
-    """Placeholder until 4-bit codes land (issue 14)."""
-    raise NotImplementedError("adamx.blockwise is being written (issue 14)")
+def blockwise(
+    bits: int = 8,
+    signed: bool | None = None,
+    *,
+    block_size: int | None = None,
+    min_size: int = 4096,
+    qmap: str = "float",
+    sqrt: bool = False,
+    stochastic: bool | None = None,
+    seed: int = 0,
+) -> Blockwise8bit:
+    r"""A moment format of ``bits``-bit codes (8 or 4) with one float32 scale per block.
+
+    ``bits=8`` is :func:`blockwise_8bit` (block 256 by default, about 1 byte/param);
+    ``bits=4`` stores two codes a byte (block 128 by default, as torchao's 4-bit
+    AdamW: 0.5 + 4/128 = 0.53 bytes/param) on 16-value maps:
+
+    MAPS_4BIT_DOC
+
+    Everything else is as for :func:`blockwise_8bit` (the formula, the float maps'
+    integer encoding, stochastic rounding, NaN/+inf isolation, blocks along the last
+    axis, ``min_size``, ``sqrt``, sharding, checkpoints). ``describe()`` of a 4-bit
+    format, ``blockwise(bits=4, signed=..., ...)``, is a different checkpoint key from
+    any 8-bit one, so a state saved with one is refused by the other.
+
+    Args:
+      bits: 8 or 4 (bits per code).
+      signed: None (default: follow the moment), True (m) or False (v).
+      block_size: elements per block, a power of two; None: 256 (8 bits), 128 (4 bits).
+      min_size: parameters smaller than this stay float32 (default 4096).
+      qmap: ``"float"`` (8 bits: E4M3 / E4M4; 4 bits: E2M1 / E3M1), a float split
+        ``"e<E>m<M>"`` (E + M = bits - 1 signed, bits unsigned), ``"dynamic"`` or
+        ``"linear"``.
+      sqrt: store sqrt(x) instead of x (the second moment only).
+      stochastic: round stochastically (True), to nearest (False), or None:
+        stochastically on float maps, to nearest on the others.
+      seed: seed of the stochastic-rounding key.
+
+    Returns:
+      A ``Blockwise8bit`` format (its ``bits`` field says which) for ``mu_dtype`` /
+      ``nu_dtype``.
+
+    Example:
+      >>> import adamx
+      >>> tx = adamx.adam(1e-3, mu_dtype=adamx.blockwise(4), nu_dtype=adamx.blockwise(4))
+    """
+    check_choice("bits", bits, (8, 4), "Codes are 8 bits (a byte) or 4 bits (two a byte).")
+    bits = int(bits)
+    block_size = (256 if bits == 8 else 128) if block_size is None else block_size
+    _check_options(bits, signed, block_size, min_size, qmap, sqrt, stochastic, seed)
+    fmt = Blockwise8bit(signed, block_size, min_size, qmap, sqrt, stochastic, seed, bits)
+    return fmt if signed is None else fmt.bind("mu" if signed else "nu")
 
 
-def blockwise_4bit(*args: object, **kwargs: object) -> Blockwise8bit:
-    """Placeholder until 4-bit codes land (issue 14)."""
-    raise NotImplementedError("adamx.blockwise_4bit is being written (issue 14)")
+def blockwise_4bit(
+    signed: bool | None = None,
+    *,
+    block_size: int = 128,
+    min_size: int = 4096,
+    qmap: str = "float",
+    sqrt: bool = False,
+    stochastic: bool | None = None,
+    seed: int = 0,
+) -> Blockwise8bit:
+    """``blockwise(bits=4, ...)``: 4-bit codes, two a byte, block 128 (about 0.53 byte/param).
+
+    Example:
+      >>> import adamx
+      >>> tx = adamx.adamw(1e-3, mu_dtype=adamx.blockwise_4bit(), nu_dtype=adamx.blockwise_4bit())
+    """
+    return blockwise(
+        4,
+        signed,
+        block_size=block_size,
+        min_size=min_size,
+        qmap=qmap,
+        sqrt=sqrt,
+        stochastic=stochastic,
+        seed=seed,
+    )

@@ -128,6 +128,8 @@ OPTIONS = {
     "bf16_sr_4bit_m_factored_v": Option(
         "bf16 params + SR, 4-bit m, factored v", "b4", "factored_f32", BF16, "sr"
     ),
+    # Beside them: which moment 4 bits cost (8-bit m passes alone, see "8bit").
+    "8bit_m_4bit_v": Option("fp32 params, 8-bit m, 4-bit v", "m8", "b4"),
     "adafactor": Option("`adamx.adafactor` (optax defaults)", alias="adafactor"),
     "optax_adafactor": Option("`optax.adafactor` (optax defaults)", alias="optax_adafactor"),
 }
@@ -141,6 +143,7 @@ CALLS = {  # what a user writes, for the tables
     "nu_dtype=blockwise_8bit()), stochastic_rounding(seed))",
     "4bit": "adamw(lr, mu_dtype=blockwise_4bit(), nu_dtype=blockwise_4bit())",
     "8bit_m_factored_v": "adamw(lr, mu_dtype=blockwise_8bit(), nu_dtype=factored())",
+    "8bit_m_4bit_v": "adamw(lr, mu_dtype=blockwise_8bit(), nu_dtype=blockwise_4bit())",
     "bf16_sr_8bit_m_factored_v": "bf16 params; chain(adamw(lr, mu_dtype=blockwise_8bit(), "
     "nu_dtype=factored(dtype=jnp.float32)), stochastic_rounding(seed))",
     "bf16_sr_4bit_m_factored_v": "bf16 params; chain(adamw(lr, mu_dtype=blockwise_4bit(), "
@@ -743,6 +746,7 @@ BUDGET_OPTIONS = (
     "bf16_params_sr",
     "bf16_moments_sr",
     "8bit",
+    "8bit_m_4bit_v",
     "4bit",
     "8bit_m_factored_v",
     "bf16_params_sr_8bit",

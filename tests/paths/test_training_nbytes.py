@@ -158,3 +158,15 @@ def test_optax_adafactor_state_belongs_to_its_parameters():
     per_leaf, shared = state_nbytes_by_param(params, jax.eval_shape(optax.adafactor(1e-2).init,
                                                                     params))  # fmt: skip
     assert per_leaf == [4 * (1 + 1 + NB), 4 * (256 + 1024 + 1)] and shared == COUNT
+
+
+def test_bf16_params_4bit_m_factored_v_is_about_2_5_bytes():
+    tx = optax.chain(
+        adamx.adamw(1e-3, mu_dtype=adamx.blockwise_4bit(),
+                    nu_dtype=adamx.factored(dtype=jnp.float32)),
+        adamx.stochastic_rounding(seed=0),
+    )  # fmt: skip
+    # w: 2 (bf16) + 4-bit m (two codes a byte, a float32 scale per 128) + float32 factors.
+    large = budget(tx, shapes(jnp.bfloat16), min_size=4096)
+    assert large == adamx.TrainingBytes(2 * NW, NW // 2 + 4 * NW // 128 + 4 * (256 + 1024), NW)
+    assert large.per_param == 2 + 0.5 + 4 / 128 + 4 * (256 + 1024) / NW

@@ -75,6 +75,7 @@ def scale_by_factored_rms(
     axes, a short axis, or ``factored=False``) keeps its full
     :math:`v_t = \hat\beta_t v_{t-1} + (1 - \hat\beta_t) Y` and :math:`u_t = g_t v_t^{-1/2}`.
     Each new moment is rounded to the parameter's dtype before it is used, as optax does;
+    complex parameters need ``factored=False`` (the factors are real);
     ``Factored.accumulate`` (``adamx.formats.factored``) forms :math:`r_t, c_t`, and the
     state is that format's record (``factored=False``: a float tree, ``nu_dtype=None``).
 
@@ -115,12 +116,15 @@ def scale_by_factored_rms(
     """
     check_flag("factored", factored)
     _check_options(decay_rate, step_offset, epsilon, decay_rate_fn)
-    factors = factored_format(min_dim_size_to_factor)  # checks min_dim_size_to_factor
+    # optax keeps the factors in the parameter's dtype (bfloat16 too): not widened.
+    factors = factored_format(min_dim_size_to_factor)._replace(widen=False)
     fmt: MomentFormat = factors if factored else as_format(None, "nu")
 
     def init_fn(params):
         params = as_arrays(params)
         check_float_leaves(_STAGE, "parameter", params)
+        if factored:
+            _refuse_complex(params)
         nu = init_moment(_STAGE, fmt, "nu", params)
         return FactoredRmsState(count=jnp.zeros([], jnp.int32), nu=nu)
 
@@ -162,6 +166,18 @@ def _update_leaf(
     row_col_mean = jnp.mean(row, axis=reduced_d1(dims), keepdims=True)
     row_factor, col_factor = expand_factors((row / row_col_mean) ** -0.5, col**-0.5, dims)
     return jnp.multiply(*promote(jnp.multiply(*promote(g, row_factor)), col_factor)), (row, col)
+
+
+def _refuse_complex(params: PyTree) -> None:
+    """The factors are real (``adamx.factored``); optax keeps complex-typed ones instead."""
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        if jnp.iscomplexobj(leaf):
+            raise TypeError(
+                f"{_STAGE}: the parameter at {jax.tree_util.keystr(path)} is {leaf.dtype}, but "
+                "factored=True keeps real row and column means. Pass factored=False (a full v "
+                "for every leaf, complex leaves included), or keep complex leaves out of this "
+                "optimizer (optax.partition)."
+            )
 
 
 def _check_options(decay_rate, step_offset, epsilon, decay_rate_fn) -> None:

@@ -68,7 +68,7 @@ class Blockwise8bit(NamedTuple):
     block_size: int = 256
     min_size: int = 4096
     qmap: str = "float"
-    sqrt: bool = False
+    sqrt: bool | None = False  # None: for the second moment at 4 bits (``blockwise``)
     stochastic: bool | None = None
     seed: int = 0
     bits: int = 8
@@ -78,7 +78,8 @@ class Blockwise8bit(NamedTuple):
     record = QuantizedMoment
 
     def bind(self, role: Role) -> "Blockwise8bit":
-        """Resolve ``signed`` (m: True, v: False) and ``stochastic`` for ``role``."""
+        """Resolve ``signed`` (m: True, v: False), ``sqrt`` (None: not signed) and
+        ``stochastic`` for ``role``."""
         signed = role == "mu"
         if self.signed is not None and self.signed != signed:
             raise ValueError(_wrong_sign_message(role, self.signed, self.name))
@@ -89,7 +90,8 @@ class Blockwise8bit(NamedTuple):
             )
         resolve_qmap(self.qmap, signed, self.bits)
         stochastic = is_float_map(self.qmap) if self.stochastic is None else self.stochastic
-        return self._replace(signed=signed, stochastic=stochastic)
+        sqrt = not signed if self.sqrt is None else self.sqrt
+        return self._replace(signed=signed, stochastic=stochastic, sqrt=sqrt)
 
     def init(self, param: jax.Array, packed: BucketMembers | None = None) -> Stored8bit:
         """Zero codes and scales, or a float32 zero moment below ``min_size`` and in buckets
@@ -192,7 +194,7 @@ class Blockwise8bit(NamedTuple):
         return len(shape) > 0 and int(np.prod(shape)) >= max(self.min_size, 1)
 
     def _check_bound(self) -> None:
-        if self.signed is None or self.stochastic is None:
+        if self.signed is None or self.stochastic is None or self.sqrt is None:
             raise ValueError(
                 f"this {self.name} format is not bound to a moment yet: pass it as mu_dtype / "
                 "nu_dtype (the optimizer binds it), or call .bind('mu') / .bind('nu') first."

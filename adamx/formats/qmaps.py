@@ -228,7 +228,7 @@ def _linear_index(a: jax.Array, qmap: QuantMap) -> jax.Array:
     return jnp.clip(jnp.round(a * n), 0, n).astype(jnp.int32) - 1
 
 
-DEFAULT_FLOAT = {(8, True): "e4m3", (8, False): "e4m4", (4, True): "e2m1", (4, False): "e3m1"}
+DEFAULT_FLOAT = {(8, True): "e4m3", (8, False): "e4m4", (4, True): "e3m0", (4, False): "e3m1"}
 """What ``qmap="float"`` means per (bits, signed); the 4-bit choice is measured in
 ``benchmarks/maps_4bit.py`` (see ``blockwise``)."""
 

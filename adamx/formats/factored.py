@@ -53,6 +53,7 @@ class Factored(NamedTuple):
 
     min_dim_size_to_factor: int = 128
     dtype: FloatDType = None
+    widen: bool = True  # dtype None: the parameter's, widened to float32 if narrower
 
     elementwise = False  # a mean is shared by a whole row or column
     stochastic = False
@@ -87,7 +88,7 @@ class Factored(NamedTuple):
                 f"shape {param.shape}. Use a float dtype (jnp.complex64) for complex "
                 "parameters, or keep them out of this optimizer with optax.partition."
             )
-        dtype = param.dtype if self.dtype is None else jax.dtypes.canonicalize_dtype(self.dtype)
+        dtype = self._dtype(param.dtype)
         if packed:
             self._check_bucket(packed)
         dims = None if packed else self.dims(param.shape)
@@ -147,7 +148,19 @@ class Factored(NamedTuple):
     def describe(self) -> str:
         """``factored(min_dim_size_to_factor=..., dtype=...)``."""
         dtype = None if self.dtype is None else jnp.dtype(self.dtype).name
-        return f"factored(min_dim_size_to_factor={self.min_dim_size_to_factor}, dtype={dtype})"
+        widen = ", widen=False" if self.dtype is None and not self.widen else ""
+        return (
+            f"factored(min_dim_size_to_factor={self.min_dim_size_to_factor}, dtype={dtype}{widen})"
+        )
+
+    def _dtype(self, param_dtype: jnp.dtype) -> jnp.dtype:
+        """The factors' dtype: ``dtype``, or the parameter's (widened to float32 if narrower,
+        unless ``widen=False``, optax.adafactor's choice)."""
+        if self.dtype is not None:
+            return jax.dtypes.canonicalize_dtype(self.dtype)
+        if self.widen and jnp.dtype(param_dtype).itemsize < 4:
+            return jnp.dtype(jnp.float32)
+        return jnp.dtype(param_dtype)
 
     def partition_specs(
         self, spec: tuple, shape: tuple[int, ...], axis_sizes: dict[str, int] | None = None
@@ -235,12 +248,11 @@ def factored(min_dim_size_to_factor: int = 128, *, dtype: FloatDType = None) -> 
     Args:
       min_dim_size_to_factor: a leaf is factored when its two largest axes both have
         at least this many entries (optax.adafactor's default, 128).
-      dtype: the factors' dtype; None (default) is the parameter's, as
-        ``optax.adafactor``. The moving average is computed in float32 for a narrower
-        dtype, but a stored bfloat16 factor rounded to nearest cannot decay by
-        (1 - β2) = 0.1% a step (half a bfloat16 ulp is 0.2%): with bfloat16 parameters
-        prefer ``dtype=jnp.float32``, whose cost is O(n + m) (a warning says so for an
-        explicit narrow dtype).
+      dtype: the factors' dtype; None (default) is the parameter's, widened to float32
+        when narrower: a stored bfloat16 factor rounded to nearest cannot decay by
+        (1 - β2) = 0.1% a step (half a bfloat16 ulp is 0.2%), and the factors cost only
+        O(n + m) (a warning says so for an explicit narrow dtype). ``adamx.adafactor``
+        keeps optax's choice, the parameter's own dtype (``Factored(widen=False)``).
 
     Returns:
       A ``Factored`` format for ``nu_dtype`` (m is signed: ``mu_dtype`` refuses it).

@@ -196,10 +196,12 @@ def _optax_factor_update(grad, v_row, v_col, v, count):
 @pytest.mark.parametrize("shape", [(6, 10), (3, 5, 8), (2, 12)])
 def test_accumulate_is_optaxs_factor_update_bit_for_bit(dtype, shape):
     """``accumulate(stored, |g|² + ε, 1 - t^-0.8)`` is optax's new v_row / v_col (or v), with
-    optax's float32 decay on a bfloat16 state: what adamx.adafactor builds on."""
+    optax's float32 decay on a bfloat16 state (optax's choice of dtype, ``widen=False``): what
+    adamx.adafactor builds on."""
     rng = np.random.default_rng(4)
+    fmt = FORMAT._replace(widen=False)
     grad = jnp.asarray(rng.standard_normal(shape), dtype)
-    stored = FORMAT.encode(jnp.asarray(rng.random(shape), dtype), FORMAT.init(grad), None)
+    stored = fmt.encode(jnp.asarray(rng.random(shape), dtype), fmt.init(grad), None)
     one = jnp.zeros((1,), dtype)
     row, col = stored
     v_row, v_col, v = (one, one, row) if col is None else (row, col, one)
@@ -208,7 +210,7 @@ def test_accumulate_is_optaxs_factor_update_bit_for_bit(dtype, shape):
     with standard():
         decay = factorized._decay_rate_pow(jnp.asarray(count, jnp.int32), 0.8)
         y = grad * grad + 1e-30
-    got = FORMAT.accumulate(stored, y, decay)
+    got = fmt.accumulate(stored, y, decay)
     if col is None:
         np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(new.v["w"]))
         assert got[1] is None
@@ -241,15 +243,15 @@ def test_accumulate_is_optaxs_factor_update_bit_for_bit(dtype, shape):
     ],
 )
 def test_which_axes_factor_is_optaxs_rule(shape):
-    fmt = adamx.factored()
+    fmt = adamx.factored()  # bfloat16 parameters: float32 factors (dtype None widens)
     assert fmt.dims(shape) == factorized._factored_dims(shape, True, 128)
     row, col = fmt.init(jnp.zeros(shape, jnp.bfloat16))
     if fmt.dims(shape) is None:  # the documented fallback: the full v, in the same dtype
-        assert col is None and row.shape == shape and row.dtype == jnp.bfloat16
+        assert col is None and row.shape == shape and row.dtype == jnp.float32
     else:
         d1, d0 = fmt.dims(shape)
-        assert row.shape == tuple(np.delete(shape, d0)) and row.dtype == jnp.bfloat16
-        assert col.shape == tuple(np.delete(shape, d1)) and col.dtype == jnp.bfloat16
+        assert row.shape == tuple(np.delete(shape, d0)) and row.dtype == jnp.float32
+        assert col.shape == tuple(np.delete(shape, d1)) and col.dtype == jnp.float32
 
 
 def test_the_zero_state_decodes_to_exactly_zero():
@@ -312,10 +314,13 @@ def test_aliases_run_with_a_factored_v_without_retracing(alias):
 
 
 def test_bfloat16_parameters_keep_their_dtypes():
-    """dtype=None stores the factors in the parameters' bfloat16 (as optax.adafactor); the
-    moving average runs in float32 (decode widens), updates and params stay bfloat16."""
+    """dtype=None stores the factors of bfloat16 parameters in float32 (widened: a bfloat16
+    factor could not decay); widen=False keeps the parameters' bfloat16 (optax.adafactor's
+    choice), the moving average then runs in float32 (decode widens). Updates and params stay
+    bfloat16."""
     params = _params(jnp.bfloat16)
-    for fmt, stored in [(FORMAT, jnp.bfloat16), (adamx.factored(MIN, dtype=jnp.float32), None)]:
+    optax_choice = FORMAT._replace(widen=False)
+    for fmt, stored in [(FORMAT, jnp.float32), (optax_choice, jnp.bfloat16)]:
         tx = adamx.adamw(LR, nu_dtype=fmt)
         state = tx.init(params)
         grads = jax.tree.map(jnp.ones_like, params)

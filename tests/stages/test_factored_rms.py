@@ -112,6 +112,18 @@ def test_state_is_the_formats_record():
     assert jax.tree.map(jnp.shape, plain.nu) == jax.tree.map(jnp.shape, params)
 
 
+def test_state_layout_of_every_kind_of_leaf():
+    shapes = {"wide": (128, 144), "tall": (160, 128), "cube": (2, 130, 128), "small": (5, 7)}
+    params = {k: jnp.zeros(s, jnp.bfloat16) for k, s in shapes.items()}
+    nu = adamx.scale_by_factored_rms().init(params).nu
+    # row: the mean over the largest axis d0; col: over the second largest d1.
+    assert nu.row["wide"].shape == (128,) and nu.col["wide"].shape == (144,)
+    assert nu.row["tall"].shape == (128,) and nu.col["tall"].shape == (160,)
+    assert nu.row["cube"].shape == (2, 128) and nu.col["cube"].shape == (2, 130)
+    assert nu.row["small"].shape == (5, 7) and nu.col["small"] is None
+    assert nu.row["tall"].dtype == jnp.bfloat16  # the params' dtype, as optax
+
+
 def test_a_state_of_another_configuration_is_refused():
     params = {"w": jnp.zeros((8, 8))}
     state = adamx.scale_by_factored_rms(min_dim_size_to_factor=4).init(params)

@@ -163,28 +163,29 @@ def blockwise(
     finite |x| (8 bits: the power of two above it), so 1.0 is used; from the
     smallest value q_min up, the error is at most half a step, 2^-(M+1) |x|.
 
-    The defaults were measured (``benchmarks/maps_4bit.py``: Adam moments of the
-    digits MLP, and training it on paired seeds with each map):
+    The defaults were measured (``benchmarks/maps_4bit.py``, results in
+    ``benchmarks/results/maps_4bit.json``: Adam's moments of the digits MLP, and its
+    final train loss vs fp32 on 4 paired seeds, cosine / constant learning rate):
 
     - m: ``"e3m0"``, the powers of two ±2^-k s, k = 0..6, rounded stochastically.
-      With 7 magnitudes, range beats resolution: elements of a real m block span
-      decades, and E3M0 keeps them down to s/64 (E2M1: s/8, below which half the
-      elements fall). Trained, it stayed within about 1-5% of fp32's loss where E2M1
-      lost 3-14%, Dettmers' dynamic map (torchao's m map) 9-28%, linear 12-38%;
-      rounded to nearest, every float map lost 10-35% (m freezes).
-    - v: sqrt(v) on ``"e3m1"`` (``sqrt=None`` means True for v at 4 bits),
-      rounded stochastically: 13 values (1 and 1.5) 2^-k down to 2^-6 of the
-      block's sqrt(v), i.e. v down to 2^-12 of its max; the error lands on
-      sqrt(v), which Adam divides by. Trained, it stayed within 1-5% of fp32;
-      E3M1 on v itself (v down to 2^-6) lost 2-11%, linear (torchao's v map,
-      which never rounds a positive v to 0) 2-10%, E2M2 up to 60%. Maps that
-      round v down (nearest rounding, the dynamic map) trained to a lower loss
-      than fp32: a larger effective step, not a more faithful one.
+      With 7 magnitudes, range beats resolution: a real m block spans decades, and
+      E3M0 keeps elements down to s/64, where E2M1 (s/8 and up) sets over 10% of the
+      elements whose step matters to 0 or q_min (p90 relative error 51% vs 100%).
+      Trained: +1.4% / +6.4% (E2M1 +6.8% / +14%; Dettmers' dynamic map, torchao's
+      m map, +22-38%; linear +38%; any float map rounded to nearest +21-35%: m
+      freezes).
+    - v: sqrt(v) on ``"e3m1"`` (``sqrt=None`` means True for v at 4 bits), rounded
+      stochastically: 13 values (1 and 1.5) 2^-k, k = 0..6, of the block's
+      sqrt(v), so v keeps 12 binades and the error lands on sqrt(v), which Adam
+      divides by. Trained: -4.8% / -5.1% (E3M1 on v itself +11% / +4.5%; linear,
+      torchao's v map, +5-10%; E2M2 +57%). Maps that round v down (nearest, the
+      dynamic map) train to a lower loss than fp32 (-13% to -43%): a larger
+      effective step, not a faithful one.
     - Stochastic rounding is unbiased at 4 bits below q_min too (x rounds to q_min
       with probability x / q_min, else to 0).
 
-    All-4-bit Adam (m E3M0, v sqrt E3M1) ended within 3% of fp32's loss on the
-    digits MLP, where torchao's pair (dynamic m, linear v, nearest) lost 2-28%.
+    Both moments in 4 bits: -3.0% / +2.6% of fp32's loss (torchao's pair: +26% /
+    +28%; 8 bits: +0.7% / +1.0%).
 
     Everything else is as for :func:`blockwise_8bit` (the formula, the float maps'
     integer encoding, stochastic rounding, NaN/+inf isolation, blocks along the last

@@ -328,7 +328,7 @@ def test_update_refuses_an_8bit_state():
         tx.update(params, state)
 
 
-@pytest.mark.parametrize("mode", ["auto", "explicit"])
+@pytest.mark.parametrize("mode", [pytest.param("auto", marks=pytest.mark.slow), "explicit"])
 def test_a_sharded_step_equals_the_one_device_step(eight_devices, mode):
     # The last axis, 4096 = 8 x 512, splits into 4 whole blocks of 128 per device.
     kind = AxisType.Explicit if mode == "explicit" else AxisType.Auto
@@ -415,6 +415,7 @@ def _final_loss(tx, steps=300):
     return float(loss(params, everything)), state
 
 
+@pytest.mark.slow  # about 15 s: three 300-step runs
 def test_4bit_adam_converges_close_to_fp32_adam():
     lr = reference_schedule(optax.warmup_cosine_decay_schedule(0.0, 1e-2, 15, 300))
     start = _final_loss(optax.set_to_zero())[0]

@@ -83,10 +83,9 @@ FORMATS = {
         for name, kw in V8_MAPS.items()
     },
     "b4": lambda: adamx.blockwise_4bit(),  # block 128; follows the moment it stores
+    # dtype=None: the parameter's dtype widened to float32 (a bf16 factor rounded to nearest
+    # cannot decay; the factors are O(n + m), so float32 costs nothing per parameter).
     "factored": lambda: adamx.factored(FACTOR_MIN_DIM),
-    # bf16 parameters: factors in float32 (a bf16 factor rounded to nearest cannot decay;
-    # the factors are O(n + m), so float32 costs nothing per parameter).
-    "factored_f32": lambda: adamx.factored(FACTOR_MIN_DIM, dtype=jnp.float32),
 }
 
 
@@ -124,10 +123,10 @@ OPTIONS = {
     "4bit": Option("fp32 params, 4-bit m and v", "b4", "b4"),
     "8bit_m_factored_v": Option("fp32 params, 8-bit m, factored v", "m8", "factored"),
     "bf16_sr_8bit_m_factored_v": Option(
-        "bf16 params + SR, 8-bit m, factored v", "m8", "factored_f32", BF16, "sr"
+        "bf16 params + SR, 8-bit m, factored v", "m8", "factored", BF16, "sr"
     ),
     "bf16_sr_4bit_m_factored_v": Option(
-        "bf16 params + SR, 4-bit m, factored v", "b4", "factored_f32", BF16, "sr"
+        "bf16 params + SR, 4-bit m, factored v", "b4", "factored", BF16, "sr"
     ),
     # Beside them: which moment 4 bits cost (8-bit m passes alone, see "8bit").
     "8bit_m_4bit_v": Option("fp32 params, 8-bit m, 4-bit v", "m8", "b4"),
@@ -146,9 +145,9 @@ CALLS = {  # what a user writes, for the tables
     "8bit_m_factored_v": "adamw(lr, mu_dtype=blockwise_8bit(), nu_dtype=factored())",
     "8bit_m_4bit_v": "adamw(lr, mu_dtype=blockwise_8bit(), nu_dtype=blockwise_4bit())",
     "bf16_sr_8bit_m_factored_v": "bf16 params; chain(adamw(lr, mu_dtype=blockwise_8bit(), "
-    "nu_dtype=factored(dtype=jnp.float32)), stochastic_rounding(seed))",
+    "nu_dtype=factored()), stochastic_rounding(seed))",
     "bf16_sr_4bit_m_factored_v": "bf16 params; chain(adamw(lr, mu_dtype=blockwise_4bit(), "
-    "nu_dtype=factored(dtype=jnp.float32)), stochastic_rounding(seed))",
+    "nu_dtype=factored()), stochastic_rounding(seed))",
     "adafactor": "adamx.adafactor(lr)",
 }
 

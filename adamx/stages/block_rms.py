@@ -8,21 +8,24 @@ Each reads a statistic of a whole leaf (its "block", in optax's words):
     \text{scale\_by\_param\_block\_rms:}\quad u \leftarrow u \cdot \max(\epsilon_2,
     \operatorname{RMS}(\theta))
 
-with :math:`\operatorname{RMS}(x) = \sqrt{\operatorname{mean}(x^2)}` over the leaf. The maths
-is optax's own transformation (called, not copied: the same operations, bit for bit); what
+with :math:`\operatorname{RMS}(x) = \sqrt{\operatorname{mean}(x^2)}` over the leaf: optax's
+operations in optax's order (bit for bit), with the dtypes promoted explicitly where a wider
+rate or update meets a narrower leaf (optax relies on implicit promotion there); what
 adamx adds is that a per-tensor statistic is never computed over something that is not the
 tensor: handed the flat buckets of ``adamx.pack`` / ``multi_tensor`` (which mix leaves) the
 stage refuses at ``init``, and ``adamx.sparse_rows`` refuses a chain holding it (the touched
 rows are not the table). The state, ``BlockRmsState``, is empty: it marks the chain.
 """
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from .._packed import PackedTree
-from .._types import PyTree
+from .._types import PyTree, promote
 from .._validation import check_non_negative, check_positive_number
 
 
@@ -45,7 +48,13 @@ def clip_by_block_rms(threshold: float) -> optax.GradientTransformation:
       1.0
     """
     check_positive_number("threshold", threshold)
-    return _per_tensor("clip_by_block_rms", optax.clip_by_block_rms(threshold))
+
+    def clip(u: jax.Array, p: jax.Array | None) -> jax.Array:
+        del p
+        rms = jnp.sqrt(jnp.mean((u.conj() * u).real))
+        return jnp.divide(*promote(u, jnp.maximum(1.0, jnp.divide(*promote(rms, threshold)))))
+
+    return _per_tensor("clip_by_block_rms", clip)
 
 
 def scale_by_param_block_rms(min_scale: float = 1e-3) -> optax.GradientTransformation:
@@ -63,17 +72,28 @@ def scale_by_param_block_rms(min_scale: float = 1e-3) -> optax.GradientTransform
       2.0
     """
     check_non_negative("min_scale", min_scale)
-    return _per_tensor("scale_by_param_block_rms", optax.scale_by_param_block_rms(min_scale))
+
+    def scale(u: jax.Array, p: jax.Array | None) -> jax.Array:
+        return jnp.multiply(*promote(u, optax.safe_root_mean_squares(p, min_scale)))
+
+    return _per_tensor("scale_by_param_block_rms", scale, needs_params=True)
 
 
-def _per_tensor(name: str, inner: optax.GradientTransformation) -> optax.GradientTransformation:
+def _per_tensor(
+    name: str, fn: Callable[[jax.Array, jax.Array | None], jax.Array], needs_params: bool = False
+) -> optax.GradientTransformation:
+    """``fn(u, θ)`` on each leaf (in the update's dtype, promoted explicitly where they meet)."""
+
     def init_fn(params: PyTree) -> BlockRmsState:
         _refuse_buckets(name, params)
         return BlockRmsState()
 
     def update_fn(updates, state, params=None):
-        updates, _ = inner.update(updates, optax.EmptyState(), params)
-        return updates, state
+        if params is None and needs_params:
+            raise ValueError(f"{name} scales by each parameter's RMS: pass params to update.")
+        if params is None:
+            return jax.tree.map(lambda u: fn(u, None), updates), state
+        return jax.tree.map(fn, updates, params), state
 
     return optax.GradientTransformation(init_fn, update_fn)
 

@@ -84,3 +84,19 @@ def test_docstring_examples_run():
 
     result = doctest.testmod(importlib.import_module("adamx.stages.block_rms"))
     assert result.failed == 0 and result.attempted >= 3, result
+
+
+def test_mixed_dtypes_are_promoted_as_optax_under_standard_promotion():
+    """A float32 update on bfloat16 params (optax's float32 momentum) and an array threshold:
+    strict-clean here, optax's bits under the standard rules."""
+    params = tree(jnp.bfloat16)
+    grads = jax.tree.map(lambda x: (3 * x + 1).astype(jnp.float32), params)
+    for ours, theirs in [
+        (adamx.scale_by_param_block_rms(), optax.scale_by_param_block_rms()),
+        (adamx.clip_by_block_rms(jnp.float32(0.5)), optax.clip_by_block_rms(jnp.float32(0.5))),
+    ]:
+        got = ours.update(grads, ours.init(params), params)[0]
+        with jax.numpy_dtype_promotion("standard"):
+            want = theirs.update(grads, theirs.init(params), params)[0]
+        jax.tree.map(np.testing.assert_array_equal, got, want)
+        jax.tree.map(lambda a, b: np.testing.assert_equal(a.dtype, b.dtype), got, want)

@@ -216,10 +216,12 @@ def assert_matches(cell: Cell, ours, theirs) -> None:
         return
     fmt = FORMATS[cell.format]
     drift = STEPS * LR_MAX * fmt.update_rounding  # see Format.update_rounding
-    reduced = HOSTS[cell.host].reduces_gradient and PATHS[cell.path].devices > 1
+    sharded = PATHS[cell.path].devices > 1
+    reduced = sharded and (HOSTS[cell.host].reduces_gradient or fmt.reduces_over_axes)
     if reduced or PATHS[cell.path].regathers_gradient:
-        # The gradient differs by a rounding (Host.reduces_gradient, Path.regathers_gradient),
-        # so a stored moment may land on its neighbouring value: one storage ulp of m, a
+        # The gradient (Host.reduces_gradient, Path.regathers_gradient) or a mean the format
+        # takes over a split axis (Format.reduces_over_axes) differs by a rounding, so a
+        # stored moment may land on its neighbouring value: one storage ulp of m, a
         # relative 2^-storage_bits of that element's update, per step.
         drift += STEPS * LR_MAX * 2.0**-fmt.storage_bits
     for (where, a), b in zip(

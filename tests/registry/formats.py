@@ -39,11 +39,18 @@ class Format:
     # differs between programs (sharded layouts fuse differently): one storage ulp of m is a
     # relative change of the update of this much, per step.
     update_rounding: float = 0.0
+    # The format averages over axes (adamx.factored's row and column means): split over
+    # devices, a mean sums in another order, so like a reduced gradient its stored moment may
+    # land on the neighbouring value (test_matrix.assert_matches allows one storage ulp a step).
+    reduces_over_axes: bool = False
 
     def make(self, optimizer: Optimizer, params=None) -> optax.GradientTransformation:
         tx = optimizer.make(params, **self.kwargs)
         return tx if self.post is None else optax.chain(tx, self.post())
 
+
+FACTOR_ALL = 4  # min_dim_size_to_factor: every leaf of the matrix tree with two axes factors
+FACTOR_LARGE = 64  # only the (64, 128) leaf factors (and 64² = 4096: the small leaves pack)
 
 FORMATS: dict[str, Format] = {
     "default": Format(),
@@ -86,4 +93,32 @@ FORMATS: dict[str, Format] = {
         storage_bits=7,
     ),
     "kahan_bf16_params": Format(param_dtype=BF16, post=adamx.kahan_summation, storage_bits=7),
+    # 4-bit m and v (E3M0 m, sqrt(v) on E3M1, both rounded stochastically): the (64, 128) leaf.
+    "blockwise_4bit": Format(
+        dict(mu_dtype=adamx.blockwise_4bit(), nu_dtype=adamx.blockwise_4bit()),
+        stochastic=True,
+        storage_bits=0,
+    ),
+    # v as row and column means of every leaf with two axes >= 4: the (64, 128) and (4, 8) ones.
+    "factored_v": Format(
+        dict(nu_dtype=adamx.factored(FACTOR_ALL)), storage_bits=23, reduces_over_axes=True
+    ),
+    # The issue-14 budgets: bf16 params + stochastic rounding, 8-bit (or 4-bit) m, factored v
+    # (the (64, 128) leaf; the small ones keep a full float32 v, so they pack).
+    "bf16_sr_8bit_m_factored_v": Format(
+        dict(mu_dtype=adamx.blockwise_8bit(), nu_dtype=adamx.factored(FACTOR_LARGE)),
+        param_dtype=BF16,
+        post=adamx.stochastic_rounding,
+        stochastic=True,
+        storage_bits=3,
+        reduces_over_axes=True,
+    ),
+    "bf16_sr_4bit_m_factored_v": Format(
+        dict(mu_dtype=adamx.blockwise_4bit(), nu_dtype=adamx.factored(FACTOR_LARGE)),
+        param_dtype=BF16,
+        post=adamx.stochastic_rounding,
+        stochastic=True,
+        storage_bits=0,
+        reduces_over_axes=True,
+    ),
 }

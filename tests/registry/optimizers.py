@@ -1,14 +1,15 @@
-"""Every optimizer of the registry, by name: the adam entries and the family's."""
+"""Every optimizer of the registry, by name: the adam entries, the family's, Adafactor's."""
 
 from __future__ import annotations
 
 import adamx
 
+from .adafactor import ADAFACTOR
 from .adam import ADAM
 from .family import FAMILY
 from .optimizer import Optimizer
 
-OPTIMIZERS: dict[str, Optimizer] = {**ADAM, **FAMILY}
+OPTIMIZERS: dict[str, Optimizer] = {**ADAM, **FAMILY, **ADAFACTOR}
 
 
 def with_reference(kind: str) -> list[str]:

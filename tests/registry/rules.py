@@ -18,6 +18,9 @@ from .hosts import HOSTS
 from .optimizers import OPTIMIZERS
 from .paths import PACK_MIN_SIZE, PATHS
 
+PACKED_LARGEST = 128  # the largest leaf the matrix tree packs: (128,)
+FACTORED_TABLE = 64 * 128  # the sparse paths' table, the (64, 128) leaf
+
 # ---------------------------------------------------------------------------
 # The matrix's rules: combinations refused by design, inexpressible ones, and the
 # ones that fail today while their fix is under way.
@@ -56,6 +59,21 @@ def _quantizes_below(cell: Cell, size: int) -> bool:
         isinstance(v, adamx.Blockwise8bit) and v.min_size < size
         for v in _format(cell).kwargs.values()
     )
+
+
+def _is_adafactor(cell: Cell) -> bool:
+    return OPTIMIZERS[cell.optimizer].alias == "adafactor"
+
+
+def _factors_at_least(cell: Cell, size: int) -> bool:
+    """Some leaf of ``size`` elements or more could be factored: the cell's format keeps v as
+    ``adamx.factored`` means, or its optimizer is Adafactor, with min_dim_size_to_factor² <=
+    ``size``."""
+    values = _format(cell).kwargs.values()
+    dims = [v.min_dim_size_to_factor for v in values if isinstance(v, adamx.Factored)]
+    if _is_adafactor(cell):
+        dims.append(OPTIMIZERS[cell.optimizer].kwargs.get("min_dim_size_to_factor", 128))
+    return any(max(d, 1) ** 2 <= size for d in dims)
 
 
 def _lays_state_out_like_params(cell: Cell) -> bool:
@@ -103,6 +121,43 @@ RULES: dict[str, Rule] = {
         ValueError,
         r"cannot be laid out like the parameter.*a block must lie on one device",
     ),
+    "factored_leaf_in_buckets": Rule(
+        lambda c: c.path in ("pack", "multi_tensor") and _factors_at_least(c, PACKED_LARGEST),
+        "a bucket is 1-D and keeps its full v, so a leaf that factored on its own (at least "
+        "min_dim_size_to_factor² elements) would be stored otherwise when packed",
+        ValueError,
+        r"factored keeps the row and column means.*was packed into a flat bucket.*min_size <=",
+    ),
+    "per_tensor_rms_in_buckets": Rule(
+        lambda c: c.path in ("pack", "multi_tensor") and _is_adafactor(c),
+        "Adafactor's update clipping and parameter scaling take one RMS per leaf: a bucket's RMS "
+        "would scale every leaf packed in it",
+        ValueError,
+        r"computes one RMS per parameter leaf.*buckets|factored keeps the row and column means",
+    ),
+    "factored_table_on_rows": Rule(
+        lambda c: (
+            c.path in ("sparse_rows", "sparse_rows_catch_up")
+            and not _is_adafactor(c)
+            and _factors_at_least(c, FACTORED_TABLE)
+        ),
+        "every column mean of a factored v averages all rows of the table: its touched rows "
+        "cannot be read and written alone",
+        ValueError,
+        r"the table at w has its second moment stored by nu_dtype=factored.*row-aligned",
+    ),
+    "per_tensor_rms_on_rows": Rule(
+        lambda c: c.path == "sparse_rows" and _is_adafactor(c),
+        "Adafactor's per-leaf RMS of a table's touched rows is not the table's RMS",
+        ValueError,
+        r"per-tensor stage.*RMS of those rows",
+    ),
+    "catch_up_without_moments": Rule(
+        lambda c: c.path == "sparse_rows_catch_up" and _is_adafactor(c),
+        "catch_up decays Adam's moments of scale_by_moments; Adafactor has none",
+        ValueError,
+        r"semantics='catch_up'\) decays the stored moments of adamx's scale_by_moments",
+    ),
     "row_sparse_gradient_clipped_outside": Rule(
         lambda c: c.path.startswith("sparse_rows") and c.host == "clip_chain",
         "clip_by_global_norm computes with every leaf of the gradient, and a RowSparse's int32 "
@@ -128,6 +183,11 @@ RULES: dict[str, Rule] = {
         "adamx.sparse_rows",
         TypeError,
         r"cond branch outputs must have the same pytree structure",
+    ),
+    "moment_format_of_adafactor": Rule(
+        lambda c: _is_adafactor(c) and bool(_format(c).kwargs),
+        "adafactor keeps its own factored v (in the parameters' dtype, as optax) and its momentum "
+        "in dtype_momentum: it takes no mu_dtype / nu_dtype",
     ),
     "nnx_holds_no_packed_tree": Rule(
         lambda c: c.host == "nnx" and PATHS[c.path].packed,

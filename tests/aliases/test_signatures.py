@@ -9,7 +9,7 @@ import pytest
 
 import adamx
 
-ALIASES = ["adam", "adamw", "nadam", "nadamw", "amsgrad", "adamax", "adamaxw", "radam"]
+ALIASES = ["adam", "adamw", "nadam", "nadamw", "amsgrad", "adamax", "adamaxw", "radam", "adafactor"]
 # optax's keyword-only parameters that adamx fixes: nadam and nadamw are always Nesterov.
 FIXED = {("nadam", "nesterov"), ("nadamw", "nesterov")}
 

@@ -109,7 +109,7 @@ RULES: dict[str, Rule] = {
         "a blockwise format that quantizes leaves smaller than the packing min_size would cut "
         "blocks across unrelated leaves of a bucket",
         ValueError,
-        r"blockwise_8bit quantizes leaves of at least min_size=\d+ elements, but the leaf at "
+        r"blockwise_\dbit quantizes leaves of at least min_size=\d+ elements, but the leaf at "
         r".* was packed into a flat bucket.*Give pack / multi_tensor a min_size <=",
     ),
     "block_across_devices": Rule(

@@ -46,6 +46,12 @@ CHAINS = {
     "radam_eps_hat": lambda: [
         _moments(mu_dtype=jnp.float32), adamx.bias_correct(B1, B2),
         adamx.scale_by_rsqrt(EPS, b2=B2, epsilon_hat=True, threshold=5.0)],
+    "factored_rms": lambda: [
+        adamx.scale_by_factored_rms(min_dim_size_to_factor=2), adamx.clip_by_block_rms(1.0),
+        adamx.scale_by_param_block_rms()],
+    "adam_factored_v": lambda: [
+        _moments(nu_dtype=adamx.factored(2)), adamx.bias_correct(B1, B2),
+        adamx.scale_by_rsqrt(EPS)],
     "low_precision": lambda: [
         _moments(), adamx.bias_correct(B1, B2), adamx.scale_by_rsqrt(EPS),
         adamx.scale_by_lr(optax.linear_schedule(LR, 0.0, 10)), adamx.kahan_summation()],

@@ -155,6 +155,24 @@ def check_float_dtype(name: str, dtype: Any) -> None:
         )
 
 
+def check_real_float_dtype(name: str, dtype: Any) -> None:
+    """A real float dtype or None (``check_float_dtype`` also accepts complex dtypes)."""
+    check_float_dtype(name, dtype)
+    if dtype is not None and jnp.issubdtype(dtype, jnp.complexfloating):
+        raise ValueError(
+            f"{name} must be a real floating-point dtype (e.g. jnp.float32) or None, "
+            f"got {jnp.dtype(dtype).name}."
+        )
+
+
+def check_integer(name: str, value: Any) -> None:
+    """An int of any sign, or an integer scalar array (a number of steps)."""
+    number = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    array = _is_array_like(value) and jnp.issubdtype(value.dtype, jnp.integer)
+    if not (number or (array and np.ndim(value) == 0)):
+        raise TypeError(f"{name} must be an int (a number of steps), got {value!r}.")
+
+
 def _is_array_like(x: Any) -> bool:
     return isinstance(x, (jax.Array, np.ndarray, np.generic))
 

@@ -11,6 +11,7 @@ from .._validation import (
     check_beta,
     check_flag,
     check_float_dtype,
+    check_integer,
     check_non_negative,
     check_positive_number,
     check_scalar_or_schedule,
@@ -18,7 +19,7 @@ from .._validation import (
     require_update_tree,
 )
 from ..stages.block_rms import clip_by_block_rms, scale_by_param_block_rms
-from ..stages.factored_rms import _check_integer, scale_by_factored_rms
+from ..stages.factored_rms import scale_by_factored_rms
 from ._parts import chain
 
 
@@ -114,7 +115,7 @@ def adafactor(
     _check_options(
         learning_rate, clipping_threshold, momentum, dtype_momentum, weight_decay_rate, eps
     )
-    _check_integer("decay_offset", decay_offset)
+    check_integer("decay_offset", decay_offset)
     check_flag("multiply_by_parameter_scale", multiply_by_parameter_scale)
     return chain(
         scale_by_factored_rms(factored, decay_rate, decay_offset, min_dim_size_to_factor, eps),

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from jax.typing import DTypeLike
 
 from .._types import promote
-from .._validation import check_float_dtype, check_size
+from .._validation import check_real_float_dtype, check_size
 from .factors import expand_factors, factor_means, factored_dims, reduced_d1
 from .protocol import BucketMembers, FloatDType, MomentRecord, Role
 
@@ -269,7 +269,7 @@ def factored(min_dim_size_to_factor: int = 128, *, dtype: FloatDType = None) -> 
       ICML 2018, arXiv:1804.04235.
     """
     check_size("min_dim_size_to_factor", min_dim_size_to_factor, minimum=0, what="an axis length")
-    _check_real_float_dtype("dtype", dtype)
+    check_real_float_dtype("dtype", dtype)
     if dtype is not None and jnp.dtype(dtype).itemsize < 4:
         warnings.warn(
             f"factored(dtype={jnp.dtype(dtype).name}): each step moves a factor by "
@@ -280,14 +280,3 @@ def factored(min_dim_size_to_factor: int = 128, *, dtype: FloatDType = None) -> 
             stacklevel=2,
         )
     return Factored(min_dim_size_to_factor, dtype)
-
-
-def _check_real_float_dtype(name: str, dtype: object) -> None:
-    """A real float dtype or None (belongs in ``_validation``: ``check_float_dtype`` also
-    accepts complex dtypes)."""
-    check_float_dtype(name, dtype)
-    if dtype is not None and jnp.issubdtype(dtype, jnp.complexfloating):
-        raise ValueError(
-            f"{name} must be a real floating-point dtype (e.g. jnp.float32) or None, "
-            f"got {jnp.dtype(dtype).name}."
-        )

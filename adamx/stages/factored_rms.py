@@ -12,13 +12,13 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from .._types import PyTree, as_arrays, promote
 from .._validation import (
     check_flag,
     check_float_leaves,
+    check_integer,
     check_non_negative,
     require_update_tree,
 )
@@ -183,17 +183,9 @@ def _refuse_complex(params: PyTree) -> None:
 def _check_options(decay_rate, step_offset, epsilon, decay_rate_fn) -> None:
     check_non_negative("decay_rate", decay_rate)
     check_non_negative("epsilon", epsilon)
-    _check_integer("step_offset", step_offset)
+    check_integer("step_offset", step_offset)
     if not callable(decay_rate_fn):
         raise TypeError(
             "decay_rate_fn must be a callable (step, decay_rate) -> decay, such as "
             f"adamx.stages.factored_rms.decay_rate_pow, got {decay_rate_fn!r}."
         )
-
-
-def _check_integer(name: str, value: object) -> None:
-    """An int of any sign, or an integer scalar array (belongs in ``_validation``)."""
-    number = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-    array = isinstance(value, (jax.Array, np.ndarray)) and jnp.issubdtype(value.dtype, jnp.integer)
-    if not (number or (array and np.ndim(value) == 0)):
-        raise TypeError(f"{name} must be an int (a number of steps), got {value!r}.")

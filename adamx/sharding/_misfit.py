@@ -54,10 +54,11 @@ def _message(tx, paths, leaves, treedef, mesh, specs, i: int, err: Exception) ->
     block = _block_size(tx, leaves, treedef, i)
     blocks = f"blocks of {block}" if block else "blocks of block_size elements"
     return text + (
-        f"\nA blockwise moment format (adamx.blockwise_8bit) cuts the last axis into {blocks}, "
+        f"\nA blockwise moment format (adamx.blockwise_8bit / blockwise_4bit) cuts the last "
+        f"axis into {blocks}, "
         f"and a block must lie on one device, but each device holds {local[-1]} elements "
         f"of this last axis. Fix: a block_size that divides {local[-1]} (e.g. "
-        f"blockwise_8bit(block_size={_pow2_divisor(local[-1])})), or shard another axis of "
+        f"block_size={_pow2_divisor(local[-1])}), or shard another axis of "
         "this parameter (or leave it replicated)."
     )
 
@@ -76,9 +77,11 @@ def _block_size(tx, leaves, treedef, i: int) -> int | None:
     except (*LAYOUT_ERRORS, TypeError):
         return None
     for s in jax.tree.leaves(state):
-        blocked = s.ndim == len(shape) + 1 and s.shape[:-2] == shape[:-1] and s.shape[-1] > 1
-        if blocked and (s.shape[-2] - 1) * s.shape[-1] < shape[-1] <= s.shape[-2] * s.shape[-1]:
-            return s.shape[-1]
+        if not (s.ndim == len(shape) + 1 and s.shape[:-2] == shape[:-1] and s.shape[-1] > 1):
+            continue
+        for block in (s.shape[-1], 2 * s.shape[-1]):  # 8-bit codes; 4-bit: two codes a byte
+            if (s.shape[-2] - 1) * block < shape[-1] <= s.shape[-2] * block:
+                return block
     return None
 
 

@@ -1,6 +1,7 @@
 """Types shared by every layer: the moment records that travel between stages, type aliases,
 and the one dtype rule (standard promotion, written out)."""
 
+import sys
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -86,3 +87,26 @@ def promote(*operands: Any) -> tuple:
 def as_arrays(tree: PyTree) -> PyTree:
     """``tree`` with Python numbers as JAX arrays (optax accepts ``{"a": 1.0}`` params)."""
     return jax.tree.map(lambda x: x if hasattr(x, "dtype") else jnp.asarray(x), tree)
+
+
+def without_variables(tree: PyTree) -> PyTree:
+    """``tree`` with flax ``nnx.Variable`` wrappers replaced by their values.
+
+    ``nnx.Optimizer`` calls ``init`` on an ``nnx.State`` of Variables but ``update`` on
+    the bare arrays (``nnx.as_pure``): a path that builds its state from the structure or
+    the paths of the params (``multi_tensor``'s buckets, ``sparse_rows``' per-table step
+    records) reads them here, as ``update`` will see them.
+    """
+    nnx = sys.modules.get("flax.nnx")
+    if nnx is None:
+        return tree
+
+    def is_variable(x: Any) -> bool:
+        return isinstance(x, nnx.Variable)
+
+    def value(x: Any) -> Any:
+        if not is_variable(x):
+            return x
+        return x.get_value() if hasattr(x, "get_value") else x.value
+
+    return jax.tree.map(value, tree, is_leaf=is_variable)

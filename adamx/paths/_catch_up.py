@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from .._types import PyTree
+from .._types import PyTree, without_variables
 from .._validation import _keystr
 from ..stages import ScaleByMomentsState
 from ._rows import Grads
@@ -52,7 +52,7 @@ def init_catch_up(inner: optax.GradientTransformation, params: PyTree) -> Sparse
         )
     last = {
         _keystr(path): jnp.zeros(jnp.shape(leaf)[:1], jnp.int32)
-        for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+        for path, leaf in jax.tree_util.tree_flatten_with_path(without_variables(params))[0]
         if jnp.ndim(leaf) >= 1
     }
     return SparseRowsState(inner=state, count=jnp.zeros((), jnp.int32), last_step=last)

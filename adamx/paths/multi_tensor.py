@@ -19,7 +19,6 @@ bucket and the compiled leaves can differ by one or two roundings per step in
 bias-corrected chains (chains without bias correction stay bit-identical).
 """
 
-import sys
 from typing import Any, NamedTuple
 
 import jax
@@ -27,7 +26,7 @@ import jax.numpy as jnp
 import optax
 
 from .._packed import Layout, pack_leaves
-from .._types import PyTree
+from .._types import PyTree, without_variables
 from .._validation import flatten_like_updates
 from .pack import check_min_size, flatten_for_packing
 
@@ -97,7 +96,7 @@ def multi_tensor(
     check_min_size(_STAGE, min_size)
 
     def init_fn(params):
-        flat = flatten_for_packing(_STAGE, "parameter", _without_variables(params), min_size)
+        flat = flatten_for_packing(_STAGE, "parameter", without_variables(params), min_size)
         state = tx.init(pack_leaves(flat.leaves, flat.treedef, flat.layout))
         _check_no_optax_mask(state)
         return MultiTensorState(inner=state)
@@ -133,28 +132,6 @@ def _check_no_optax_mask(state: PyTree) -> None:
 
 def _is_masked(x: Any) -> bool:
     return isinstance(x, optax.MaskedState)
-
-
-def _without_variables(tree: PyTree) -> PyTree:
-    """``tree`` with flax ``nnx.Variable`` wrappers replaced by their values.
-
-    ``nnx.Optimizer`` calls ``init`` on an ``nnx.State`` of Variables but ``update`` on
-    the bare arrays (``nnx.as_pure``): packing the bare structure at init gives the
-    state the layout (and pytree structure) that ``update`` packs.
-    """
-    nnx = sys.modules.get("flax.nnx")
-    if nnx is None:
-        return tree
-
-    def is_variable(x: Any) -> bool:
-        return isinstance(x, nnx.Variable)
-
-    def value(x: Any) -> Any:
-        if not is_variable(x):
-            return x
-        return x.get_value() if hasattr(x, "get_value") else x.value
-
-    return jax.tree.map(value, tree, is_leaf=is_variable)
 
 
 def _check_same_dtypes(paths: list, grads: list, params: list, layout: Layout) -> None:

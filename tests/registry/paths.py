@@ -136,15 +136,20 @@ def _all_rows_sparse(g):
     return adamx.row_sparse(indices, values, n)
 
 
+def _table_row_sparse(path, leaf):
+    """The table's leaf (found by its last key, wherever a host nests the tree: ``nnx.State``
+    puts it under the module's attribute) made row-sparse; any other leaf as it is."""
+    last = jax.tree_util.keystr(path[-1:], simple=True, separator="/") if path else ""
+    return _all_rows_sparse(leaf) if last == SPARSE_TABLE and jnp.ndim(leaf) == 2 else leaf
+
+
 def _as_row_sparse() -> optax.GradientTransformation:
     """The table's dense gradient becomes ``_all_rows_sparse`` of it (coalesced, as
     ``adamx.value_and_row_grad`` returns it)."""
 
     def update(updates, state, params=None):
         del params
-        if isinstance(updates, dict) and hasattr(updates.get(SPARSE_TABLE), "shape"):
-            updates = {**updates, SPARSE_TABLE: _all_rows_sparse(updates[SPARSE_TABLE])}
-        return updates, state
+        return jax.tree_util.tree_map_with_path(_table_row_sparse, updates), state
 
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 

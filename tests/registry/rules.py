@@ -144,7 +144,7 @@ RULES: dict[str, Rule] = {
         "every column mean of a factored v averages all rows of the table: its touched rows "
         "cannot be read and written alone",
         ValueError,
-        r"the table at w has its second moment stored by nu_dtype=factored.*row-aligned",
+        r"the table at (tree/)?w has its second moment stored by nu_dtype=factored.*row-aligned",
     ),
     "per_tensor_rms_on_rows": Rule(
         lambda c: c.path == "sparse_rows" and _is_adafactor(c),

@@ -76,7 +76,8 @@ def assert_runs_equal(ours, theirs, params, steps=STEPS, path="per_leaf"):
 
 @pytest.mark.parametrize(
     ("seed", "path"),
-    [(s, p) for p in PATHS for s in range(8)],
+    # Four seeds a path in the default run, eight with -m slow.
+    [pytest.param(s, p, marks=() if s < 4 else pytest.mark.slow) for p in PATHS for s in range(8)],
 )
 def test_random_hyperparameters(seed, path):
     name, kwargs, dtypes = random_config(seed)

@@ -25,6 +25,7 @@ def test_flax_nnx_mlp(tmp_path):
     assert_png(tmp_path / "p.png")
 
 
+@pytest.mark.slow  # ~45 s of CPU: .ci/run's slow stage
 def test_transformer_lm_stops_and_resumes(tmp_path):
     tiny = ["--steps", 6, "--save-every", 2, "--depth", 1, "--width", 16, "--context", 16]
     tiny += ["--batch", 4, "--sample-chars", 20, "--ckpt-dir", tmp_path / "ckpt"]

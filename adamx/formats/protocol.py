@@ -10,11 +10,12 @@ AMSGrad's maximum) calls its format once per leaf and step:
 
 so every stage downstream sees the decoded moment x', never the stored s.
 
-Adding a format (4-bit codes, a factored second moment, ...):
+Adding a format (FP8 moments, a rank-1 second moment, ...):
 
 1. copy the closest existing file: ``float.py`` (one array per leaf),
-   ``stochastic.py`` (one array in a record, random rounding) or ``blockwise.py``
-   (several arrays per leaf, bound to the moment it stores);
+   ``stochastic.py`` (one array in a record, random rounding), ``blockwise.py``
+   (several arrays per leaf, bound to the moment it stores) or ``factored.py`` (arrays
+   shaped unlike the leaf: row and column means);
 2. implement ``MomentFormat`` below (a ``NamedTuple`` of the static options, with
    class attributes ``elementwise``, ``stochastic``, ``fields``, ``record``,
    ``seed``) and, for ``fields``, its state record (a ``MomentRecord`` subclass
@@ -22,7 +23,7 @@ Adding a format (4-bit codes, a factored second moment, ...):
 3. write the user's constructor (``stochastic_float(...)``) with its maths in the
    docstring and its checks through ``adamx._validation``;
 4. export it from ``formats/__init__.py`` and ``adamx/__init__.py``;
-5. add it to ``FORMATS`` in ``tests/registry.py``: the composition matrix then runs
+5. add it to ``FORMATS`` in ``tests/registry/formats.py``: the composition matrix then runs
    it through every optimizer, path and host, and ``tests/formats/test_protocol.py``
    checks its code is strict-clean.
 

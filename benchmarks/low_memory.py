@@ -169,7 +169,31 @@ CONFIGS = {
 }
 TOLERANCE = {"bf16_moments": 0.005, "bf16_moments_sr": 0.005}  # others: 0.01 or CONFIGS'
 # Why a configuration misses a goal (written after reading the run; shown by the tables).
-WHY: dict[str, str] = {}
+WHY = {
+    "4bit:quality": (
+        "on the MLP both means are below fp32's, but the seed-to-seed spread (SE ≈ 2%) is "
+        "wider than the 1% tolerance, so 8 seeds cannot show 'not worse by 1%'; the 4-bit m "
+        "(E3M0: codes a power of two apart, rounded stochastically) is the noisy part: 8-bit m "
+        "with 4-bit v meets 1% on both tasks"
+    ),
+    "8bit_m_factored_v:quality": (
+        "MLP test loss above fp32's by more than its error bar (train: mean below fp32's, "
+        "missed by its spread). The rank-1 v r cᵀ/mean(r) misjudges the first layer, 64 pixel "
+        "rows of which many are rarely lit (factored here: the run factors axes ≥ 32), and Adam "
+        "has no update clipping to bound those steps (Adafactor clips by block RMS); in a pilot "
+        "(8 seeds) optax's default threshold, which keeps that layer's full v, removed most of "
+        "the gap. The LM, every matrix factored, is within tol"
+    ),
+    "bf16_sr_8bit_m_factored_v:quality": "the factored v's MLP test-loss cost, as in the row above",
+    "bf16_sr_4bit_m_factored_v:quality": (
+        "the factored v's MLP test-loss cost (two rows above) plus the 4-bit m's noise"
+    ),
+    "model_bytes": (
+        "✗ beside a model's large tensors: its short axes cost more than the 4096² limit "
+        "(4-bit blocks of 64, not 128, on the LM's 64-wide matrices; float32 factors of "
+        "64-row matrices); the targets are judged, and met, at 4096²."
+    ),
+}
 QUICK_OPTIONS = ("fp32", "8bit", "bf16_params_sr", *CONFIGS, "optax_adafactor")
 # The 8-bit map study (an earlier issue's) and the options shown to fail or kept as yardsticks:
 # the LM runs them on one seed (as it ran every option before), to keep the run short.

@@ -790,7 +790,7 @@ def budget_table(result: dict) -> str:
     rows = [n for n in BUDGET_OPTIONS if n in result["budgets"]["mlp"]]
     rows.sort(key=lambda n: -result["budgets"]["mlp"][n]["4096x4096"])
     lines = [
-        "| params + state B/param, large tensors (LM, whole) | configuration | MLP train Δ "
+        "| params + state B/param, 4096² tensor (LM, whole model) | configuration | MLP train Δ "
         "| MLP test Δ | LM test Δ | tol | verdict | update × fp32 | LM step × fp32 |",
         "|---|---|---|---|---|---|---|---|---|",
     ]

@@ -60,7 +60,31 @@ def expected_chain(alias: str, kw: dict) -> list[tuple[str, type]]:
         if kw.get("decoupled_weight_decay"):
             return moments + correct + rsqrt + decoupled + scale
         return l2 + moments + correct + rsqrt + scale
+    if alias == "adafactor":
+        return _adafactor_chain(kw)
     raise AssertionError(f"no expected chain for alias {alias!r}: add it here")
+
+
+def _adafactor_chain(kw: dict) -> list[tuple[str, type]]:
+    """optax.adafactor's order: factored RMS, [clip], [ρ], [parameter scale], [momentum],
+    [decayed weights], −1."""
+    lr, wd = kw.get("learning_rate"), kw.get("weight_decay_rate")
+    chain = [("scale_by_factored_rms", adamx.FactoredRmsState)]
+    if kw.get("clipping_threshold", 1.0) is not None:
+        chain.append(("clip_by_block_rms", adamx.BlockRmsState))
+    if lr is not None:
+        chain.append(("learning rate", optax.ScaleByScheduleState if callable(lr) else EMPTY))
+    if kw.get("multiply_by_parameter_scale", True):
+        chain.append(("scale_by_param_block_rms", adamx.BlockRmsState))
+    if kw.get("momentum") is not None:
+        chain.append(("momentum", optax.EmaState))
+    if wd is not None:
+        masked = kw.get("weight_decay_mask") is not None
+        chain.append(("decayed weights", optax.MaskedState if masked else EMPTY))
+    return [*chain, ("scale(-1)", EMPTY)]
+
+
+EMPTY = optax.EmptyState
 
 
 ALIASES = [name for name, opt in OPTIMIZERS.items() if opt.chain is None]

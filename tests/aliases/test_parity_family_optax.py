@@ -32,6 +32,8 @@ def assert_states_equal(ours, theirs):
             expected = optax.tree.get(theirs, field)
         except KeyError:
             continue
+        if expected is None:  # optax.adafactor: v_row / v_col (compared in test_adafactor.py)
+            continue
         chex.assert_trees_all_equal(optax.tree.get(ours, field), expected)
         chex.assert_trees_all_equal_dtypes(optax.tree.get(ours, field), expected)
 

@@ -76,8 +76,8 @@ def assert_runs_equal(ours, theirs, params, steps=STEPS, path="per_leaf"):
 
 @pytest.mark.parametrize(
     ("seed", "path"),
-    # Four seeds a path in the default run, eight with -m slow.
-    [pytest.param(s, p, marks=() if s < 4 else pytest.mark.slow) for p in PATHS for s in range(8)],
+    # Two seeds a path in the default run, eight with -m slow.
+    [pytest.param(s, p, marks=() if s < 2 else pytest.mark.slow) for p in PATHS for s in range(8)],
 )
 def test_random_hyperparameters(seed, path):
     name, kwargs, dtypes = random_config(seed)
@@ -90,7 +90,15 @@ def test_random_hyperparameters(seed, path):
 
 @pytest.mark.parametrize(
     ("case", "path"),
-    [(c, p) for p in PATHS for c in CASES],
+    # Every case per leaf; on multi_tensor the one with the most stages (a schedule, a mask),
+    # the rest with -m slow (the matrix runs every path too).
+    [
+        pytest.param(
+            c, p, marks=() if p == "per_leaf" or c == "adamw_schedule_mask" else pytest.mark.slow
+        )
+        for p in PATHS
+        for c in CASES
+    ],
 )
 def test_cases(case, path):
     params = make_mixed_params(OPTIMIZERS[case].optax_dtypes)

@@ -196,7 +196,22 @@ def _three_steps(formats, params):
     return states
 
 
-@pytest.mark.parametrize("name", CASES)
+# Each kind of format code in the default run (float, narrow floats, stochastic, 8-bit, 4-bit,
+# factored); the other variants (maps, block sizes, parameter dtypes) with -m slow.
+DEFAULT_CASES = {
+    "default",
+    "narrow_floats",
+    "stochastic_bf16",
+    "blockwise_8bit",
+    "blockwise_4bit",
+    "factored_v",
+}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=() if n in DEFAULT_CASES else pytest.mark.slow) for n in CASES],
+)
 def test_format_code_is_strict_clean_with_the_same_bits(name):
     kwargs, param_dtype = CASES[name]
     with warnings.catch_warnings():

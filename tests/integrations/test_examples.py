@@ -18,6 +18,7 @@ def assert_png(path):
     assert path.read_bytes()[:8] == PNG_MAGIC, f"{path} is not a PNG"
 
 
+@pytest.mark.slow  # ~15 s of CPU: .ci/run's slow stage (nnx hosts run in the matrix by default)
 def test_flax_nnx_mlp(tmp_path):
     out = run_example("flax_nnx_mlp.py", "--steps", 4, "--plot", tmp_path / "p.png", cwd=tmp_path)
     accuracy = float(re.search(r"final test accuracy: ([0-9.]+)", out).group(1))
@@ -43,6 +44,7 @@ def test_transformer_lm_stops_and_resumes(tmp_path):
     assert_png(tmp_path / "transformer_lm.png")
 
 
+@pytest.mark.slow  # ~11 s of CPU: .ci/run's slow stage
 def test_sharded_training(tmp_path):
     out = run_example(
         "sharded_training.py",

@@ -3,12 +3,14 @@
 import re
 
 import _examples
+import pytest
 from _examples import EXAMPLES
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PLOTTING = {"MPLBACKEND": "Agg", "JAX_PLATFORMS": "cpu", "TQDM_DISABLE": "1"}
 
 
+@pytest.mark.slow  # ~15 s of CPU: .ci/run's slow stage
 def test_recommender_quick(tmp_path):
     plot = tmp_path / "rec.png"
     out = _examples.run_example(

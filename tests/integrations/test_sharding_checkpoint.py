@@ -59,7 +59,7 @@ def _grads(step):
 
 
 @pytest.mark.parametrize("mode", ["explicit", pytest.param("auto", marks=pytest.mark.slow)])
-@pytest.mark.parametrize("layout", ["sharded", "zero1"])
+@pytest.mark.parametrize("layout", ["sharded", pytest.param("zero1", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("kind", ["adamw", "adamw_8bit"])
 def test_save_restore_resume_on_eight_devices(eight_devices, kind, layout, mode, tmp_path):
     """``layout``: "sharded" (params split by SPECS, plain tx) or "zero1" (replicated, zero1)."""

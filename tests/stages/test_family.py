@@ -249,7 +249,9 @@ def test_inject_hyperparams_and_multisteps_match_optax(name):
     for lib in (adamx, optax):
         # optax's alias and MultiSteps's own code under the standard promotion rules (_promotion).
         make = getattr(adamx, name) if lib is adamx else reference_factory(getattr(optax, name))
-        injected = optax.inject_hyperparams(make)(learning_rate=1e-2)
+        # A dtype argument is callable, so inject_hyperparams would take it for a schedule.
+        static = ("min_dim_size_to_factor", "dtype_momentum") if name == "adafactor" else ()
+        injected = optax.inject_hyperparams(make, static_args=static)(learning_rate=1e-2)
         multi = reference(optax.MultiSteps(strict(make(learning_rate=1e-2)), every_k_schedule=2))
         s_inj, s_multi, updates = injected.init(params), multi.init(params), []
         for _ in range(4):

@@ -6,6 +6,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import optax
+import pytest
 from _paths import PATHS, assert_path_matches
 from _promotion import reference, reference_factory, strict
 from _streams import gradient, make_params
@@ -113,6 +114,7 @@ WRAPPERS = {
 }
 
 
+@pytest.mark.slow  # the matrix's hosts run these wrappers around every optimizer by default
 class CompositionTest(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
     @parameterized.named_parameters(*[(f"{p}_{w}", p, w) for p in PATHS for w in WRAPPERS])

@@ -164,6 +164,7 @@ def test_optax_eps_is_not_sparse_adam():
     assert err > 1e-4 * scale
 
 
+@pytest.mark.slow  # float64 parity runs by default; the float32 drift ratios in the slow stage
 @pytest.mark.parametrize("name", F32_CASES)
 def test_float32_within_torch_float32_drift(name):
     """float32: adamx's drift from torch float64 <= k x torch float32's + ULPS_F32 ulps."""

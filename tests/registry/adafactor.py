@@ -15,7 +15,7 @@ ADAFACTOR: dict[str, Optimizer] = {
         dict(learning_rate=LR),
         optax="adafactor",
         optax_dtypes=ADAFACTOR_DTYPES,
-        suites=frozenset({FAMILY_TABLE, "bf16"}),
+        suites=frozenset({FAMILY_TABLE}),
         matrix=False,
     ),
     # Every stage in play, and factors on small leaves (the matrix tree's (64, 128) and (4, 8)
@@ -35,6 +35,7 @@ ADAFACTOR: dict[str, Optimizer] = {
         ),
         optax="adafactor",
         optax_dtypes=ADAFACTOR_DTYPES,
-        suites=frozenset({FAMILY_TABLE, "bf16", "model"}),
+        # bfloat16 and 1000-step runs of every option: tests/aliases/test_adafactor.py.
+        suites=frozenset({FAMILY_TABLE, "model"}),
     ),
 }

@@ -201,7 +201,9 @@ def _zeros_without_axis(param: jax.Array, axis: int, dtype: DTypeLike) -> jax.Ar
 
 def _ema(state: jax.Array, y: jax.Array, decay: float | jax.Array) -> jax.Array:
     """``(decay * state + (1 - decay) * y).astype(state.dtype)``, the casts of standard
-    promotion written out (strict-clean, optax's bits)."""
+    promotion written out (strict-clean, optax's bits). Not ``_rates.ema``: that one adds
+    the terms the other way round (optax's ``update_moment``), and XLA:CPU contracts the
+    two orders into different FMAs, so Adafactor's parity with optax needs this order."""
     old = jnp.multiply(*promote(decay, state))
     new = jnp.multiply(*promote(1 - decay, y))
     return jnp.add(*promote(old, new)).astype(state.dtype)

@@ -49,6 +49,18 @@ class Format:
         return tx if self.post is None else optax.chain(tx, self.post())
 
 
+def _bf16_sr_factored_v(mu_dtype, storage_bits: int) -> Format:
+    """bf16 params + stochastic rounding, m in ``mu_dtype``, v factored on the (64, 128) leaf."""
+    return Format(
+        dict(mu_dtype=mu_dtype, nu_dtype=adamx.factored(FACTOR_LARGE)),
+        param_dtype=BF16,
+        post=adamx.stochastic_rounding,
+        stochastic=True,
+        storage_bits=storage_bits,
+        reduces_over_axes=True,
+    )
+
+
 FACTOR_ALL = 4  # min_dim_size_to_factor: every leaf of the matrix tree with two axes factors
 FACTOR_LARGE = 64  # only the (64, 128) leaf factors (and 64² = 4096: the small leaves pack)
 
@@ -105,20 +117,6 @@ FORMATS: dict[str, Format] = {
     ),
     # The issue-14 budgets: bf16 params + stochastic rounding, 8-bit (or 4-bit) m, factored v
     # (the (64, 128) leaf; the small ones keep a full float32 v, so they pack).
-    "bf16_sr_8bit_m_factored_v": Format(
-        dict(mu_dtype=adamx.blockwise_8bit(), nu_dtype=adamx.factored(FACTOR_LARGE)),
-        param_dtype=BF16,
-        post=adamx.stochastic_rounding,
-        stochastic=True,
-        storage_bits=3,
-        reduces_over_axes=True,
-    ),
-    "bf16_sr_4bit_m_factored_v": Format(
-        dict(mu_dtype=adamx.blockwise_4bit(), nu_dtype=adamx.factored(FACTOR_LARGE)),
-        param_dtype=BF16,
-        post=adamx.stochastic_rounding,
-        stochastic=True,
-        storage_bits=0,
-        reduces_over_axes=True,
-    ),
+    "bf16_sr_8bit_m_factored_v": _bf16_sr_factored_v(adamx.blockwise_8bit(), storage_bits=3),
+    "bf16_sr_4bit_m_factored_v": _bf16_sr_factored_v(adamx.blockwise_4bit(), storage_bits=0),
 }

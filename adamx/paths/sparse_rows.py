@@ -85,7 +85,7 @@ import optax
 from .._sparse import is_row_sparse
 from .._types import PyTree
 from .._validation import check_choice
-from ..stages.block_rms import BlockRmsState
+from ..stages._whole_leaf import whole_leaf_stages
 from ..stages.moments import SKIPPED_STEPS
 from ._catch_up import advance, init_catch_up, skipped_steps
 from ._rows import (
@@ -215,16 +215,15 @@ def _lazy_update(
 
 
 def _refuse_per_tensor_stages(state: PyTree) -> None:
-    """A stage that reads a statistic of a whole leaf (``BlockRmsState``) would read the rows."""
-    marked = jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, BlockRmsState))
-    if any(isinstance(x, BlockRmsState) for x in marked):
+    """A stage that reads a statistic of a whole leaf (``_whole_leaf``) would read the rows."""
+    stages = whole_leaf_stages(state)
+    if stages:
         raise ValueError(
-            f"{_STAGE}: the wrapped chain holds a per-tensor stage (clip_by_block_rms or "
-            "scale_by_param_block_rms, e.g. in adamx.adafactor), which computes the RMS of "
-            "each whole leaf; on a table's touched rows it would be the RMS of those rows, "
-            "not of the table. Give the tables a row-wise optimizer (optax.multi_transform: "
-            "sparse_rows(adamx.adam(...)) for them, the per-tensor chain for the rest), or "
-            "use semantics='dense_equivalent'."
+            f"{_STAGE}: the wrapped chain holds a per-tensor stage ({'; '.join(stages)}), "
+            "which computes a statistic of each whole leaf; on a table's touched rows it would "
+            "be a statistic of those rows, not of the table. Give the tables a row-wise "
+            "optimizer (optax.multi_transform: sparse_rows(adamx.adam(...)) for them, the "
+            "per-tensor chain for the rest), or use semantics='dense_equivalent'."
         )
 
 

@@ -24,11 +24,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from .._packed import PackedTree
 from .._types import PyTree, promote
 from .._validation import check_non_negative, check_positive_number
+from ._whole_leaf import refuse_buckets, whole_leaf_state
 
 
+@whole_leaf_state("clip_by_block_rms or scale_by_param_block_rms (e.g. in adamx.adafactor)")
 class BlockRmsState(NamedTuple):
     """The (empty) state of a per-tensor RMS stage: it marks the chain as reading whole
     leaves, so that paths handing the chain pieces of leaves can refuse it."""
@@ -85,7 +86,7 @@ def _per_tensor(
     """``fn(u, θ)`` on each leaf (in the update's dtype, promoted explicitly where they meet)."""
 
     def init_fn(params: PyTree) -> BlockRmsState:
-        _refuse_buckets(name, params)
+        refuse_buckets(name, params)
         return BlockRmsState()
 
     def update_fn(updates, state, params=None):
@@ -96,17 +97,3 @@ def _per_tensor(
         return jax.tree.map(fn, updates, params), state
 
     return optax.GradientTransformation(init_fn, update_fn)
-
-
-def _refuse_buckets(name: str, params: PyTree) -> None:
-    """A ``PackedTree`` with buckets mixes leaves: a per-tensor RMS of a bucket is of no tensor."""
-    packed = jax.tree.leaves(params, is_leaf=lambda x: isinstance(x, PackedTree))
-    for tree in packed:
-        if isinstance(tree, PackedTree) and tree.buckets:
-            raise ValueError(
-                f"{name} computes one RMS per parameter leaf, but it was handed the flat buckets "
-                "of adamx.pack / multi_tensor, which mix many leaves: each bucket's RMS would "
-                "scale every leaf in it. Keep these leaves out of the buckets (pack / "
-                "multi_tensor min_size=0), or run this chain without packing (optax."
-                "multi_transform can send the small leaves to an elementwise optimizer)."
-            )

@@ -150,7 +150,7 @@ RULES: dict[str, Rule] = {
         lambda c: c.path == "sparse_rows" and _is_adafactor(c),
         "Adafactor's per-leaf RMS of a table's touched rows is not the table's RMS",
         ValueError,
-        r"per-tensor stage.*RMS of those rows",
+        r"per-tensor stage.*statistic of those rows",
     ),
     "catch_up_without_moments": Rule(
         lambda c: c.path == "sparse_rows_catch_up" and _is_adafactor(c),

@@ -53,9 +53,9 @@ def test_clip_bounds_each_leaf_rms_independently():
 def test_refused_on_packed_buckets(name):
     params = tree(jnp.float32)
     stage = STAGES[name][0]()
-    with pytest.raises(ValueError, match=r"computes one RMS per parameter leaf.*buckets"):
+    with pytest.raises(ValueError, match=r"computes one statistic per parameter leaf.*buckets"):
         adamx.multi_tensor(stage, min_size=64).init(params)
-    with pytest.raises(ValueError, match=r"computes one RMS per parameter leaf.*buckets"):
+    with pytest.raises(ValueError, match=r"computes one statistic per parameter leaf.*buckets"):
         stage.init(adamx.pack(params, min_size=64))
     adamx.multi_tensor(stage, min_size=0).init(params)  # nothing packed: allowed
 
@@ -65,7 +65,7 @@ def test_refused_inside_sparse_rows():
     tx = adamx.sparse_rows(optax.chain(adamx.clip_by_block_rms(1.0), optax.sgd(0.1)))
     state = tx.init({"emb": table})
     grads = {"emb": adamx.row_sparse(jnp.array([1, 3]), jnp.ones((2, 4)), 10)}
-    with pytest.raises(ValueError, match=r"per-tensor stage.*RMS of those rows"):
+    with pytest.raises(ValueError, match=r"per-tensor stage.*statistic of those rows"):
         tx.update(grads, state, {"emb": table})
 
 

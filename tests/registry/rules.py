@@ -133,7 +133,7 @@ RULES: dict[str, Rule] = {
         "Adafactor's update clipping and parameter scaling take one RMS per leaf: a bucket's RMS "
         "would scale every leaf packed in it",
         ValueError,
-        r"computes one RMS per parameter leaf.*buckets|factored keeps the row and column means",
+        r"computes one statistic per parameter leaf.*buckets|factored keeps the row and column means",
     ),
     "factored_table_on_rows": Rule(
         lambda c: (

@@ -26,7 +26,8 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 
 MARKERS = {
     "matrix_full": "every cell of the composition matrix (test_matrix.py): -m matrix_full",
-    "matrix_pairwise": "the matrix's pairwise covering array, run by default",
+    "matrix_each": "every value of every matrix axis at least once, run by default",
+    "matrix_pairwise": "every pair of the matrix's axis values: -m matrix_pairwise",
     "matrix_ci": "every format x path x host of the matrix for CI's optimizers: -m matrix_ci",
     "benchmark_smoke": "benchmarks/gpu.py --quick on CPU (about a minute): -m benchmark_smoke",
     "slow": "long reference streams and exhaustive sweeps, kept out of the default run: -m slow",
@@ -53,7 +54,7 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Deselect the opt-in tests (the matrix cells outside the pairwise covering array, the
+    """Deselect the opt-in tests (the matrix cells outside the default layer, matrix_each, the
     benchmark smoke run, the slow tests) unless the ``-m`` expression names them: then
     ``-m`` alone selects, e.g. ``-m matrix_ci``."""
     if any(name in (config.getoption("markexpr") or "") for name in OPT_IN):
@@ -61,7 +62,7 @@ def pytest_collection_modifyitems(config, items):
     kept, dropped = [], []
     for item in items:
         extra = item.get_closest_marker("matrix_full") and not item.get_closest_marker(
-            "matrix_pairwise"
+            "matrix_each"
         )
         extra = extra or any(item.get_closest_marker(m) for m in ("benchmark_smoke", "slow"))
         (dropped if extra else kept).append(item)

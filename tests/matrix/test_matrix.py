@@ -23,9 +23,10 @@ refused. "Works" means, after ``STEPS`` closed-loop steps on a small mixed tree:
 "Refused" means the registry's ``RULES`` name the combination, and building or
 running it raises that rule's error with that rule's message.
 
-The default run covers every *pair* of axis values (a covering array built
-greedily in ``_cells.py``, deterministic); ``-m matrix_ci`` (run by ``.ci/run``) every format x
-path x host for ``CI_OPTIMIZERS``; ``-m matrix_full`` the whole product.
+The default run covers every value of every axis at least once and every refusal rule
+(``matrix_each``); ``-m matrix_pairwise`` every *pair* of axis values (covering arrays built
+greedily in ``_cells.py``, deterministic); ``-m matrix_ci`` every format x path x host for
+``CI_OPTIMIZERS`` (both run by ``.ci/run``); ``-m matrix_full`` the whole product.
 Cells whose fix is under way are listed in ``registry.PENDING`` and expected to
 fail (strictly: a cell that starts passing fails until its entry is deleted).
 """
@@ -270,7 +271,7 @@ def test_cell(cell, request):
 
 
 def test_pairwise_covers_every_pair():
-    """Each pair of axis values that some cell contains is in the default run."""
+    """Each pair of axis values that some cell contains is in -m matrix_pairwise."""
     want = set().union(*(set(itertools.combinations(enumerate(c), 2)) for c in FULL))
     got = set().union(*(set(itertools.combinations(enumerate(c), 2)) for c in PAIRWISE))
     assert want == got

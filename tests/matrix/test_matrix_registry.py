@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 import pytest
-from _cells import FULL, PAIRWISE
+from _cells import EACH, FULL, PAIRWISE
 from _streams import make_mixed_params
 from registry import (
     FORMATS,
@@ -46,7 +46,7 @@ def test_every_member_of_every_axis_is_in_the_default_matrix():
     for axis, members in (("optimizer", [n for n, o in OPTIMIZERS.items() if o.matrix]),
                           ("format", [n for n, f in FORMATS.items() if f.matrix]),
                           ("path", list(PATHS)), ("host", list(HOSTS))):  # fmt: skip
-        seen = {getattr(cell, axis) for cell in PAIRWISE}
+        seen = {getattr(cell, axis) for cell in EACH}
         assert seen == set(members), f"{axis}: {set(members) - seen} never run"
 
 
@@ -55,7 +55,8 @@ def test_every_refusal_rule_is_reached(name):
     rule = REFUSALS[name]
     re.compile(rule.match)
     assert any(rule.applies(cell) for cell in FULL), f"the rule {name} applies to no cell"
-    assert any(rule.applies(cell) for cell in PAIRWISE), f"{name} is not in the default run"
+    assert any(rule.applies(cell) for cell in EACH), f"{name} is not in the default run"
+    assert any(rule.applies(cell) for cell in PAIRWISE), f"{name} is not in -m matrix_pairwise"
 
 
 @pytest.mark.parametrize("name", list(INEXPRESSIBLE))

@@ -1,16 +1,299 @@
-"""Placeholder (issue 15): its owner replaces this module."""
+r"""``monitor``: run a transformation unchanged and record what a practitioner logs about a step.
 
+With :math:`g` the gradient the wrapper receives, :math:`u` the update ``tx`` returns, and
+:math:`\theta` the parameters, every sum over the elements of the tree (or of one group of
+leaves), in float32 (float64 leaves: float64, then cast), :math:`|x|^2 = \bar{x} x` for complex:
+
+.. math::
+    \text{update\_rms} = \sqrt{\textstyle\sum |u|^2 / N} \qquad
+    \text{grad\_rms} = \sqrt{\textstyle\sum |g|^2 / N} \qquad
+    \text{update\_param\_ratio} = \sqrt{\textstyle\sum |u|^2 / \sum |\theta|^2}
+
+.. math::
+    \text{effective\_lr}\ \eta = -\frac{\operatorname{Re}\langle u, g\rangle}{\|g\|^2}
+    \qquad
+    \text{descent\_cosine} = -\frac{\operatorname{Re}\langle u, g\rangle}{\|u\|\,\|g\|}
+
+:math:`\eta` is the least-squares fit of :math:`u \approx -\eta g` (SGD: the learning rate);
+:math:`\eta = \text{descent\_cosine} \cdot \|u\| / \|g\|` separates the step's direction
+(the cosine: 1 along :math:`-g`, < 0 uphill) from its length. A ratio with a zero denominator
+is 0, except ``update_param_ratio`` of a nonzero update to all-zero parameters: +inf.
+
+``cautious_masked_fraction`` and ``clipped_fraction`` are read from the states of
+``adamx.cautious`` (its ``masked_fraction``) and of ``adamx.update_rms`` (the leaves whose
+``rms`` > 1, weighted by their sizes: the elements ``clip_by_update_rms`` scales down) inside
+``tx``; 0 where ``tx`` has no such stage. ``nonfinite_grads`` counts the elements of
+:math:`g` that are NaN or infinite (int32).
+
+Per-tensor by nature (groups are sets of whole leaves), the wrapper refuses the flat buckets
+of ``adamx.pack`` / ``multi_tensor`` (wrap them instead: ``monitor(multi_tensor(tx))``) and
+``adamx.sparse_rows`` refuses it inside.
+"""
+
+from collections.abc import Callable, Hashable
 from typing import NamedTuple
 
+import jax
+import jax.numpy as jnp
+import optax
 
-def monitor(*args, **kwargs):
-    """Placeholder."""
-    raise NotImplementedError
+from .._sparse import is_row_sparse
+from .._types import PyTree, promote, promoted_dtype, without_variables
+from .._validation import flatten_like_updates
+from ._whole_leaf import refuse_buckets, whole_leaf_state
+from .cautious import CautiousState
+from .update_rms import UpdateRmsState
 
+_STAGE = "monitor"
+ROOT_LABEL = "params"  # the one group of a tree that is a single array
 
-class MonitorState(NamedTuple):
-    """Placeholder."""
+Groups = PyTree | Callable[[optax.Params], PyTree] | None
 
 
 class MonitorStats(NamedTuple):
-    """Placeholder."""
+    """One step's statistics (all zeros before the first step); formulas in the module docstring.
+
+    Attributes:
+      update_rms: RMS of the update over every element.
+      group_update_rms: label -> RMS of the update over that group's elements.
+      update_param_ratio: RMS(u) / RMS(θ) over every element (= ‖u‖ / ‖θ‖).
+      group_update_param_ratio: label -> the same ratio over that group.
+      grad_rms: RMS of the gradient the wrapper received.
+      effective_lr: η = -Re⟨u, g⟩ / ‖g‖², the step along -g per unit gradient.
+      descent_cosine: -Re⟨u, g⟩ / (‖u‖ ‖g‖), the cosine between u and -g.
+      cautious_masked_fraction: the fraction of elements ``adamx.cautious`` zeroed.
+      clipped_fraction: the fraction of elements in leaves ``clip_by_update_rms`` scaled down.
+      nonfinite_grads: the number of NaN or infinite gradient elements.
+    """
+
+    update_rms: jax.Array  # float32 []
+    group_update_rms: dict  # label -> float32 []
+    update_param_ratio: jax.Array  # float32 []
+    group_update_param_ratio: dict  # label -> float32 []
+    grad_rms: jax.Array  # float32 []
+    effective_lr: jax.Array  # float32 []
+    descent_cosine: jax.Array  # float32 []
+    cautious_masked_fraction: jax.Array  # float32 []
+    clipped_fraction: jax.Array  # float32 []
+    nonfinite_grads: jax.Array  # int32 []
+
+
+@whole_leaf_state("monitor")
+class MonitorState(NamedTuple):
+    """``tx``'s state, untouched, and the statistics of the last step."""
+
+    inner: optax.OptState
+    stats: MonitorStats
+
+
+class _Sums(NamedTuple):
+    """The reductions of a set of leaves (float32 sums; int32 count)."""
+
+    uu: jax.Array  # Σ |u|²
+    gg: jax.Array  # Σ |g|²
+    pp: jax.Array  # Σ |θ|²
+    ug: jax.Array  # Σ Re(conj(g) u)
+    size: int  # N, the number of elements
+    nonfinite: jax.Array  # Σ [g not finite]
+
+
+def monitor(
+    tx: optax.GradientTransformation, *, groups: Groups = None
+) -> optax.GradientTransformationExtraArgs:
+    r"""Wrap ``tx``: the same updates and inner state, bit for bit, plus a step's statistics.
+
+    Each statistic is a field of ``MonitorState.stats`` (a ``MonitorStats``), readable with
+    ``optax.tree.get(state, "update_rms")`` and so on; the formulas are in this module's
+    docstring. A few reductions a leaf, no host sync: log them from the returned state.
+
+    Args:
+      tx: any gradient transformation (an adamx alias, a chain, ``multi_tensor(...)``).
+      groups: how leaves are grouped for ``group_update_rms`` / ``group_update_param_ratio``:
+        None, one group per top-level key of the params (a list's index, a dict's key, an
+        attribute's name; a single array: "params"); or a tree of labels shaped like the
+        params (or a prefix of them), or a function params -> such a tree, as
+        ``optax.multi_transform``'s ``param_labels``. The labels are the keys of the dicts.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` with state ``MonitorState(inner, stats)``;
+      ``update`` needs the params (for the update/parameter ratios).
+
+    Example:
+      >>> import adamx, jax.numpy as jnp, optax
+      >>> params = {"w": jnp.ones((2, 2)), "b": jnp.ones(2)}
+      >>> tx = adamx.monitor(optax.sgd(0.5))
+      >>> _, state = tx.update({"w": jnp.ones((2, 2)), "b": jnp.ones(2)}, tx.init(params), params)
+      >>> float(optax.tree.get(state, "effective_lr")), float(optax.tree.get(state, "update_rms"))
+      (0.5, 0.5)
+    """
+    tx = optax.with_extra_args_support(tx)
+
+    def init_fn(params):
+        refuse_buckets(_STAGE, params)
+        labels = sorted(set(_leaf_labels(groups, without_variables(params))))
+        return MonitorState(inner=tx.init(params), stats=_zero_stats(labels))
+
+    def update_fn(updates, state, params=None, **extra_args):
+        new_updates, inner = tx.update(updates, state.inner, params, **extra_args)
+        return new_updates, MonitorState(
+            inner, _stats(groups, updates, new_updates, params, state, inner)
+        )
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _stats(groups: Groups, grads, updates, params, state: MonitorState, inner) -> MonitorStats:
+    """The statistics of a step (``grads`` in, ``updates`` out of ``tx``)."""
+    if params is None:
+        raise ValueError(
+            "monitor needs the current parameters for update_param_ratio: call "
+            "`tx.update(grads, opt_state, params)` (params as the third argument)."
+        )
+    _refuse_row_sparse(grads)
+    paths_and_grads = jax.tree_util.tree_flatten_with_path(grads)[0]
+    sums = [
+        _leaf_sums(g, u, p)
+        for (_, g), u, p in zip(
+            paths_and_grads,
+            flatten_like_updates(_STAGE, grads, updates, "updates"),
+            flatten_like_updates(_STAGE, grads, params, "params"),
+            strict=True,
+        )
+    ]
+    labels = _leaf_labels(groups, grads)
+    expected = list(state.stats.group_update_rms)
+    if sorted(set(labels)) != expected:
+        raise ValueError(
+            f"monitor: the groups of the gradients are {sorted(set(labels))}, but init was given "
+            f"params whose groups are {expected}. Hand update gradients shaped like the params "
+            "given to init."
+        )
+    groups_sums = {
+        label: _add([s for s, lab in zip(sums, labels, strict=True) if lab == label])
+        for label in expected
+    }
+    total = _add(sums)
+    sizes = {tuple(path): jnp.size(g) for path, g in paths_and_grads}
+    return MonitorStats(
+        update_rms=_rms(total.uu, total.size),
+        group_update_rms={k: _rms(s.uu, s.size) for k, s in groups_sums.items()},
+        update_param_ratio=_param_ratio(total),
+        group_update_param_ratio={k: _param_ratio(s) for k, s in groups_sums.items()},
+        grad_rms=_rms(total.gg, total.size),
+        effective_lr=_ratio(-total.ug, total.gg),
+        descent_cosine=_ratio(-total.ug, jnp.sqrt(total.uu) * jnp.sqrt(total.gg)),
+        cautious_masked_fraction=_fraction(
+            inner, CautiousState, "masked_fraction", sizes, total.size
+        ),
+        clipped_fraction=_fraction(inner, UpdateRmsState, "rms", sizes, total.size, above_one=True),
+        nonfinite_grads=total.nonfinite,
+    )
+
+
+def _zero_stats(labels: list[Hashable]) -> MonitorStats:
+    """The statistics before the first step: zeros, so the state's structure never changes."""
+    zero = jnp.zeros((), jnp.float32)
+    stats = dict.fromkeys(MonitorStats._fields, zero)
+    stats["group_update_rms"] = dict.fromkeys(labels, zero)
+    stats["group_update_param_ratio"] = dict.fromkeys(labels, zero)
+    return MonitorStats(**{**stats, "nonfinite_grads": jnp.zeros((), jnp.int32)})
+
+
+def _leaf_sums(g: jax.Array, u: jax.Array, p: jax.Array) -> _Sums:
+    """One leaf's reductions: at least float32 wide (float64 stays), returned as float32."""
+
+    def wide(x: jax.Array) -> jax.Array:
+        return jnp.asarray(x).astype(promoted_dtype(jnp.result_type(x), jnp.float32))
+
+    def total(x: jax.Array, y: jax.Array) -> jax.Array:  # Σ Re(conj(x) y)
+        x, y = promote(wide(x), wide(y))
+        return jnp.sum(jnp.real(jnp.conj(x) * y) if jnp.iscomplexobj(x) else x * y).astype(
+            jnp.float32
+        )
+
+    nonfinite = jnp.sum(~jnp.isfinite(g), dtype=jnp.int32)
+    return _Sums(total(u, u), total(g, g), total(p, p), total(g, u), jnp.size(g), nonfinite)
+
+
+def _add(sums: list[_Sums]) -> _Sums:
+    """The reductions of a set of leaves from those of each (zeros for none)."""
+    zero = jnp.zeros((), jnp.float32)
+    out = _Sums(zero, zero, zero, zero, 0, jnp.zeros((), jnp.int32))
+    for s in sums:
+        out = _Sums(*(a + b for a, b in zip(out, s, strict=True)))
+    return out
+
+
+def _ratio(num: jax.Array, den: jax.Array) -> jax.Array:
+    """num / den, 0 where den == 0 (no NaN is ever computed, so jax_debug_nans stays quiet)."""
+    ok = den > 0
+    return jnp.where(ok, num / jnp.where(ok, den, 1.0), 0.0)
+
+
+def _rms(sum_of_squares: jax.Array, size: int) -> jax.Array:
+    return jnp.sqrt(sum_of_squares / max(size, 1))
+
+
+def _param_ratio(s: _Sums) -> jax.Array:
+    """√(Σ|u|² / Σ|θ|²); +inf for a nonzero update to all-zero parameters, 0 for no update."""
+    return jnp.where(s.pp > 0, jnp.sqrt(_ratio(s.uu, s.pp)), jnp.where(s.uu > 0, jnp.inf, 0.0))
+
+
+def _fraction(
+    inner: PyTree, state_type: type, field: str, sizes: dict, total: int, above_one: bool = False
+) -> jax.Array:
+    """The element-weighted mean of ``field`` over the ``state_type`` nodes in ``inner``.
+
+    A leaf of the field at a parameter's path weighs that leaf's size; any other (a scalar
+    for the whole tree) weighs the whole tree. ``above_one``: the indicator ``value > 1``.
+    0 when ``inner`` holds no such node.
+    """
+    nodes = jax.tree.leaves(inner, is_leaf=lambda x: isinstance(x, state_type))
+    num, den = jnp.zeros((), jnp.float32), 0
+    for node in (n for n in nodes if isinstance(n, state_type)):
+        for path, value in jax.tree_util.tree_flatten_with_path(getattr(node, field))[0]:
+            value = (value > 1) if above_one else value
+            weight = sizes.get(tuple(path), total)
+            num, den = num + jnp.asarray(value).astype(jnp.float32) * weight, den + weight
+    return num / den if den else num
+
+
+def _leaf_labels(groups: Groups, tree: PyTree) -> list[Hashable]:
+    """The group label of each leaf of ``tree``, in ``jax.tree.leaves`` order."""
+    if groups is None:
+        paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+        return [_key_label(path[0]) if path else ROOT_LABEL for path in paths]
+    labels = groups(tree) if callable(groups) else groups
+    label_leaves, label_def = jax.tree.flatten(labels)
+    try:
+        subtrees = label_def.flatten_up_to(tree)
+    except (ValueError, TypeError):
+        raise ValueError(
+            f"monitor: groups must be a tree of labels shaped like the params (or a prefix of "
+            f"them), or a function params -> such a tree, got labels "
+            f"{jax.tree.structure(labels)} for params {jax.tree.structure(tree)}."
+        ) from None
+    out = []
+    for label, subtree in zip(label_leaves, subtrees, strict=True):
+        out += [label] * len(jax.tree.leaves(subtree))
+    try:
+        sorted(set(out))
+    except TypeError:
+        raise TypeError(
+            f"monitor: group labels must be hashable and of one sortable kind (str or int: they "
+            f"are dict keys), got {sorted(set(map(repr, out)))}."
+        ) from None
+    return out
+
+
+def _key_label(key: object) -> Hashable:
+    """A dict's key, a sequence's index, an attribute's name."""
+    return next((getattr(key, a) for a in ("key", "idx", "name") if hasattr(key, a)), str(key))
+
+
+def _refuse_row_sparse(grads: PyTree) -> None:
+    if any(is_row_sparse(x) for x in jax.tree.leaves(grads, is_leaf=is_row_sparse)):
+        raise ValueError(
+            "monitor sums dense leaves, but a gradient leaf is an adamx.RowSparse (a table's "
+            "touched rows): monitor(sparse_rows(...)) is not supported; monitor a dense run."
+        )

@@ -62,6 +62,7 @@ def add_decoupled_weight_decay(
     fully_decoupled: bool | None = None,
     peak_learning_rate: float | jax.Array | None = None,
     learning_rate: optax.ScalarOrSchedule | None = None,
+    cautious: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Add the decayed parameters to the (already adaptive) update.
 
@@ -84,6 +85,17 @@ def add_decoupled_weight_decay(
     and tuning the peak learning rate no longer changes the effective decay
     (with a constant α: :math:`\theta_t = (1-\lambda)\theta_{t-1} - \alpha u_t`).
 
+    *Cautious* weight decay (Chen et al. 2025) decays only the elements where the
+    update and the parameter agree in sign, those the decay does not push against:
+
+    .. math::
+        u_t \leftarrow u_t + \lambda_t \, \mathbb{1}[u_t \odot \theta_{t-1} \ge 0]
+        \odot \theta_{t-1}
+
+    (the paper's Algorithm 1, ``≥`` included: where u is 0 the element decays; complex
+    leaves: :math:`\operatorname{Re}(\bar u\,\theta) \ge 0`). It is elementwise, so it
+    composes with the mask, schedules, fully decoupled decay and every path.
+
     Args:
       weight_decay: λ, a non-negative number or a schedule ``step -> λ_t``.
       mask: which leaves decay: a pytree of bools with the params' structure
@@ -98,6 +110,9 @@ def add_decoupled_weight_decay(
       learning_rate: the chain's α (what ``scale_by_lr`` gets); a number
         stands in for ``peak_learning_rate``, a schedule cannot. The aliases
         pass theirs; unused unless the decay is fully decoupled.
+      cautious: decay only where :math:`u \odot \theta \ge 0` (cautious weight decay).
+        Place the stage right after the direction (before ``scale_by_lr``): u is
+        compared with θ before the learning rate negates it.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
@@ -107,14 +122,17 @@ def add_decoupled_weight_decay(
       >>> decay_matrices = adamx.add_decoupled_weight_decay(
       ...     1e-2, mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p))
       >>> fully = adamx.add_decoupled_weight_decay(1e-4, peak_learning_rate=3e-4)
+      >>> cwd = adamx.add_decoupled_weight_decay(0.1, cautious=True)
 
     References:
       Loshchilov & Hutter, "Decoupled Weight Decay Regularization", arXiv:1711.05101.
+      Chen, Li, Liang et al., "Cautious Weight Decay", arXiv:2510.12402 (Algorithm 1).
     """
     check_scalar_or_schedule("weight_decay", weight_decay)
+    check_flag("cautious", cautious)
     peak = _peak(fully_decoupled, peak_learning_rate, learning_rate)
     rate = weight_decay if peak is None else _divided(weight_decay, peak)
-    return masked_decay("add_decoupled_weight_decay", rate, mask)
+    return masked_decay("add_decoupled_weight_decay", rate, mask, cautious)
 
 
 def _peak(

@@ -19,10 +19,10 @@ leaves), in float32 (float64 leaves: float64, then cast), :math:`|x|^2 = \bar{x}
 (the cosine: 1 along :math:`-g`, < 0 uphill) from its length. A ratio with a zero denominator
 is 0, except ``update_param_ratio`` of a nonzero update to all-zero parameters: +inf.
 
-``cautious_masked_fraction`` and ``clipped_fraction`` are read from the states of
-``adamx.cautious`` (its ``masked_fraction``) and of ``adamx.update_rms`` (the leaves whose
-``rms`` > 1, weighted by their sizes: the elements ``clip_by_update_rms`` scales down) inside
-``tx``; 0 where ``tx`` has no such stage. ``nonfinite_grads`` counts the elements of
+``cautious_masked_fraction`` and ``clipped_fraction`` are read from ``tx``'s new state: the
+``masked_fraction`` of ``adamx.cautious``, and the fraction of elements in leaves whose
+``rms`` (of the ``update_rms`` stage inside ``adamx.clip_by_update_rms``) is > 1, the leaves
+that clipping scaled down; 0 where ``tx`` has no such stage. ``nonfinite_grads`` counts the elements of
 :math:`g` that are NaN or infinite (int32).
 
 Per-tensor by nature (groups are sets of whole leaves), the wrapper refuses the flat buckets
@@ -42,7 +42,7 @@ from .._types import PyTree, promote, promoted_dtype, without_variables
 from .._validation import flatten_like_updates
 from ._whole_leaf import refuse_buckets, whole_leaf_state
 from .cautious import CautiousState
-from .update_rms import UpdateRmsState
+from .update_rms import ClipByUpdateRmsState, UpdateRmsState
 
 _STAGE = "monitor"
 ROOT_LABEL = "params"  # the one group of a tree that is a single array
@@ -185,7 +185,9 @@ def _stats(groups: Groups, grads, updates, params, state: MonitorState, inner) -
         cautious_masked_fraction=_fraction(
             inner, CautiousState, "masked_fraction", sizes, total.size
         ),
-        clipped_fraction=_fraction(inner, UpdateRmsState, "rms", sizes, total.size, above_one=True),
+        clipped_fraction=_fraction(
+            _nodes(inner, ClipByUpdateRmsState), UpdateRmsState, "rms", sizes, total.size, True
+        ),
         nonfinite_grads=total.nonfinite,
     )
 
@@ -248,14 +250,19 @@ def _fraction(
     for the whole tree) weighs the whole tree. ``above_one``: the indicator ``value > 1``.
     0 when ``inner`` holds no such node.
     """
-    nodes = jax.tree.leaves(inner, is_leaf=lambda x: isinstance(x, state_type))
     num, den = jnp.zeros((), jnp.float32), 0
-    for node in (n for n in nodes if isinstance(n, state_type)):
+    for node in _nodes(inner, state_type):
         for path, value in jax.tree_util.tree_flatten_with_path(getattr(node, field))[0]:
             value = (value > 1) if above_one else value
             weight = sizes.get(tuple(path), total)
             num, den = num + jnp.asarray(value).astype(jnp.float32) * weight, den + weight
     return num / den if den else num
+
+
+def _nodes(tree: PyTree, state_type: type) -> list:
+    """The ``state_type`` states in ``tree`` (outermost first)."""
+    nodes = jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, state_type))
+    return [n for n in nodes if isinstance(n, state_type)]
 
 
 def _leaf_labels(groups: Groups, tree: PyTree) -> list[Hashable]:

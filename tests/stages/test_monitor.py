@@ -61,6 +61,7 @@ CHAINS = {
     "adamw": lambda: adamx.adamw(1e-2, weight_decay=0.1),
     "adam_8bit_nu": lambda: adamx.adam(1e-2, nu_dtype=adamx.blockwise_8bit(block_size=4)),
     "multi_tensor_adamw": lambda: adamx.multi_tensor(adamx.adamw(1e-2), min_size=16),
+    "stable_adamw": lambda: adamx.stable_adamw(1e-2),
 }
 
 
@@ -278,17 +279,25 @@ class FakeCautious(NamedTuple):
     masked_fraction: jax.Array
 
 
+class FakeClip(NamedTuple):
+    inner: optax.OptState
+
+
 class FakeUpdateRms(NamedTuple):
     rms: dict
 
 
 def test_fractions_read_from_the_inner_states(monkeypatch):
-    """The names the cautious and update-RMS stages agreed on, with stand-in state types."""
+    """Read by the names the cautious and update-clipping stages agreed on (stand-in types):
+    the clipped fraction weighs each leaf whose RMS > 1 by its size, and counts only the
+    ``update_rms`` inside a clipping wrapper."""
     monkeypatch.setattr(monitor_module, "CautiousState", FakeCautious)
+    monkeypatch.setattr(monitor_module, "ClipByUpdateRmsState", FakeClip)
     monkeypatch.setattr(monitor_module, "UpdateRmsState", FakeUpdateRms)
     params = {"a": jnp.ones(6), "b": jnp.ones((2, 2)), "c": jnp.ones(10)}
     rms = {"a": jnp.float32(1.5), "b": jnp.float32(0.5), "c": jnp.float32(1.0)}  # c: not > 1
-    inner = (FakeCautious(optax.EmptyState(), jnp.float32(0.25)), FakeUpdateRms(rms))
+    unclipped = FakeUpdateRms({k: jnp.float32(9.0) for k in rms})  # records, clips nothing
+    inner = (FakeCautious(FakeClip(FakeUpdateRms(rms)), jnp.float32(0.25)), unclipped)
     stand_in = optax.GradientTransformation(lambda p: inner, lambda g, s, p=None: (g, s))
     tx = adamx.monitor(stand_in)
     stats = tx.update(params, tx.init(params), params)[1].stats
@@ -296,11 +305,36 @@ def test_fractions_read_from_the_inner_states(monkeypatch):
     np.testing.assert_allclose(stats.clipped_fraction, 6 / 20)
 
 
-def test_runs_in_flax_nnx_optimizer():
+def test_stable_adamw_clipped_fraction():
+    """With the real stage: a gradient spike on one leaf (v̂ lags behind) clips that leaf."""
+    params = tree(0)
+    tx = adamx.monitor(adamx.stable_adamw(1e-2))
+    plain = adamx.stable_adamw(1e-2)
+    state, reference = tx.init(params), plain.init(params)
+    for i in range(4):
+        grads = tree(i + 1)
+        if i == 3:
+            grads["out"] = jax.tree.map(lambda g: 100 * g, grads["out"])
+        updates, state = jax.jit(tx.update)(grads, state, params)
+        want, reference = jax.jit(plain.update)(grads, reference, params)
+        assert_bits_equal(updates, want)
+        assert_bits_equal(state.inner, reference)
+        params = optax.apply_updates(params, updates)
+    rms = optax.tree.get(state, "rms")
+    flat_rms = dict(jax.tree_util.tree_leaves_with_path(rms))
+    flat_params = dict(jax.tree_util.tree_leaves_with_path(params))
+    want = sum(flat_params[k].size for k, r in flat_rms.items() if float(r) > 1)
+    total = sum(x.size for x in flat_params.values())
+    assert 0 < want < total
+    np.testing.assert_allclose(state.stats.clipped_fraction, want / total, rtol=1e-6)
+
+
+@pytest.mark.parametrize("make", [adamx.adamw, adamx.stable_adamw], ids=["adamw", "stable"])
+def test_runs_in_flax_nnx_optimizer(make):
     from _flax_models import NnxMLP, batch, loss, nnx
 
     model = NnxMLP(nnx.Rngs(0))
-    optimizer = nnx.Optimizer(model, adamx.monitor(adamx.adamw(1e-2)), wrt=nnx.Param)
+    optimizer = nnx.Optimizer(model, adamx.monitor(make(1e-2)), wrt=nnx.Param)
     x, y = batch()
 
     @nnx.jit
@@ -311,6 +345,7 @@ def test_runs_in_flax_nnx_optimizer():
 
     for _ in range(3):
         step(model, optimizer)
-    ratio = optax.tree.get(optimizer.opt_state, "group_update_param_ratio")
-    assert set(ratio) == {"hidden", "norm", "out"}
-    assert float(optax.tree.get(optimizer.opt_state, "update_rms")[...]) > 0
+    stats = optax.tree.get(optimizer.opt_state, "stats")
+    assert set(stats.group_update_param_ratio) == {"hidden", "norm", "out"}
+    assert float(stats.update_rms[...]) > 0
+    assert 0.0 <= float(stats.clipped_fraction[...]) <= 1.0

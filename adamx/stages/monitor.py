@@ -22,8 +22,8 @@ is 0, except ``update_param_ratio`` of a nonzero update to all-zero parameters: 
 ``cautious_masked_fraction`` and ``clipped_fraction`` are read from ``tx``'s new state: the
 ``masked_fraction`` of ``adamx.cautious``, and the fraction of elements in leaves whose
 ``rms`` (of the ``update_rms`` stage inside ``adamx.clip_by_update_rms``) is > 1, the leaves
-that clipping scaled down; 0 where ``tx`` has no such stage. ``nonfinite_grads`` counts the elements of
-:math:`g` that are NaN or infinite (int32).
+that clipping scaled down; 0 where ``tx`` has no such stage. ``nonfinite_grads`` counts the
+elements of :math:`g` that are NaN or infinite (int32).
 
 Per-tensor by nature (groups are sets of whole leaves), the wrapper refuses the flat buckets
 of ``adamx.pack`` / ``multi_tensor`` (wrap them instead: ``monitor(multi_tensor(tx))``) and
@@ -39,7 +39,7 @@ import optax
 
 from .._sparse import is_row_sparse
 from .._types import PyTree, promote, promoted_dtype, without_variables
-from .._validation import flatten_like_updates
+from .._validation import flatten_like_updates, require_params
 from ._whole_leaf import refuse_buckets, whole_leaf_state
 from .cautious import CautiousState
 from .update_rms import ClipByUpdateRmsState, UpdateRmsState
@@ -51,31 +51,18 @@ Groups = PyTree | Callable[[optax.Params], PyTree] | None
 
 
 class MonitorStats(NamedTuple):
-    """One step's statistics (all zeros before the first step); formulas in the module docstring.
+    """One step's statistics (zeros before the first step); formulas in the module docstring."""
 
-    Attributes:
-      update_rms: RMS of the update over every element.
-      group_update_rms: label -> RMS of the update over that group's elements.
-      update_param_ratio: RMS(u) / RMS(θ) over every element (= ‖u‖ / ‖θ‖).
-      group_update_param_ratio: label -> the same ratio over that group.
-      grad_rms: RMS of the gradient the wrapper received.
-      effective_lr: η = -Re⟨u, g⟩ / ‖g‖², the step along -g per unit gradient.
-      descent_cosine: -Re⟨u, g⟩ / (‖u‖ ‖g‖), the cosine between u and -g.
-      cautious_masked_fraction: the fraction of elements ``adamx.cautious`` zeroed.
-      clipped_fraction: the fraction of elements in leaves ``clip_by_update_rms`` scaled down.
-      nonfinite_grads: the number of NaN or infinite gradient elements.
-    """
-
-    update_rms: jax.Array  # float32 []
-    group_update_rms: dict  # label -> float32 []
-    update_param_ratio: jax.Array  # float32 []
-    group_update_param_ratio: dict  # label -> float32 []
-    grad_rms: jax.Array  # float32 []
-    effective_lr: jax.Array  # float32 []
-    descent_cosine: jax.Array  # float32 []
-    cautious_masked_fraction: jax.Array  # float32 []
-    clipped_fraction: jax.Array  # float32 []
-    nonfinite_grads: jax.Array  # int32 []
+    update_rms: jax.Array  # float32 []: RMS(u) over every element
+    group_update_rms: dict  # label -> float32 []: RMS(u) over the group's elements
+    update_param_ratio: jax.Array  # float32 []: RMS(u) / RMS(θ) = ‖u‖ / ‖θ‖
+    group_update_param_ratio: dict  # label -> float32 []: the same over the group
+    grad_rms: jax.Array  # float32 []: RMS(g), g the gradient the wrapper received
+    effective_lr: jax.Array  # float32 []: η = -Re⟨u, g⟩ / ‖g‖²
+    descent_cosine: jax.Array  # float32 []: -Re⟨u, g⟩ / (‖u‖ ‖g‖)
+    cautious_masked_fraction: jax.Array  # float32 []: elements adamx.cautious zeroed
+    clipped_fraction: jax.Array  # float32 []: elements in leaves clipping scaled down
+    nonfinite_grads: jax.Array  # int32 []: NaN or infinite elements of g
 
 
 @whole_leaf_state("monitor")
@@ -144,11 +131,7 @@ def monitor(
 
 def _stats(groups: Groups, grads, updates, params, state: MonitorState, inner) -> MonitorStats:
     """The statistics of a step (``grads`` in, ``updates`` out of ``tx``)."""
-    if params is None:
-        raise ValueError(
-            "monitor needs the current parameters for update_param_ratio: call "
-            "`tx.update(grads, opt_state, params)` (params as the third argument)."
-        )
+    require_params(f"{_STAGE} (for update_param_ratio)", params)
     _refuse_row_sparse(grads)
     paths_and_grads = jax.tree_util.tree_flatten_with_path(grads)[0]
     sums = [
@@ -160,18 +143,7 @@ def _stats(groups: Groups, grads, updates, params, state: MonitorState, inner) -
             strict=True,
         )
     ]
-    labels = _leaf_labels(groups, grads)
-    expected = list(state.stats.group_update_rms)
-    if sorted(set(labels)) != expected:
-        raise ValueError(
-            f"monitor: the groups of the gradients are {sorted(set(labels))}, but init was given "
-            f"params whose groups are {expected}. Hand update gradients shaped like the params "
-            "given to init."
-        )
-    groups_sums = {
-        label: _add([s for s, lab in zip(sums, labels, strict=True) if lab == label])
-        for label in expected
-    }
+    groups_sums = _group_sums(groups, grads, sums, list(state.stats.group_update_rms))
     total = _add(sums)
     sizes = {tuple(path): jnp.size(g) for path, g in paths_and_grads}
     return MonitorStats(
@@ -190,6 +162,18 @@ def _stats(groups: Groups, grads, updates, params, state: MonitorState, inner) -
         ),
         nonfinite_grads=total.nonfinite,
     )
+
+
+def _group_sums(groups: Groups, grads: PyTree, sums: list[_Sums], expected: list) -> dict:
+    """label -> the reductions of its leaves; the labels must be those found at init."""
+    labels = _leaf_labels(groups, grads)
+    if sorted(set(labels)) != expected:
+        raise ValueError(
+            f"monitor: the groups of the gradients are {sorted(set(labels))}, but init was given "
+            f"params whose groups are {expected}. Hand update gradients shaped like the params "
+            "given to init."
+        )
+    return {k: _add([s for s, lab in zip(sums, labels, strict=True) if lab == k]) for k in expected}
 
 
 def _zero_stats(labels: list[Hashable]) -> MonitorStats:

@@ -62,6 +62,7 @@ CHAINS = {
     "adam_8bit_nu": lambda: adamx.adam(1e-2, nu_dtype=adamx.blockwise_8bit(block_size=4)),
     "multi_tensor_adamw": lambda: adamx.multi_tensor(adamx.adamw(1e-2), min_size=16),
     "stable_adamw": lambda: adamx.stable_adamw(1e-2),
+    "cautious_adamw": lambda: adamx.cautious_adamw(1e-2, cautious_weight_decay=True),
 }
 
 
@@ -212,7 +213,9 @@ def test_bad_groups_are_explained():
     state = tx.init(params)
     with pytest.raises(ValueError, match=r"the groups of the gradients are \['w', 'x'\]"):
         tx.update({"w": jnp.ones(2), "x": jnp.ones(2)}, state, {"w": jnp.ones(2), "x": jnp.ones(2)})
-    with pytest.raises(ValueError, match=r"monitor needs the current parameters"):
+    with pytest.raises(
+        ValueError, match=r"monitor \(for update_param_ratio\) needs the current parameters"
+    ):
         tx.update(params, state)
 
 
@@ -305,6 +308,18 @@ def test_fractions_read_from_the_inner_states(monkeypatch):
     np.testing.assert_allclose(stats.clipped_fraction, 6 / 20)
 
 
+def test_cautious_masked_fraction():
+    """With the real stage: the fraction its state records for this step."""
+    params = tree(0)
+    tx = adamx.monitor(adamx.cautious_adamw(1e-2))
+    state = tx.init(params)
+    for i in range(3):  # step 1: Adam's step is sign(g), nothing masked; then some are
+        state = jax.jit(tx.update)(tree(i + 1), state, params)[1]
+        want = optax.tree.get(state.inner, "masked_fraction")
+        assert float(state.stats.cautious_masked_fraction) == float(want)
+    assert 0.0 < float(want) < 1.0
+
+
 def test_stable_adamw_clipped_fraction():
     """With the real stage: a gradient spike on one leaf (v̂ lags behind) clips that leaf."""
     params = tree(0)
@@ -329,12 +344,15 @@ def test_stable_adamw_clipped_fraction():
     np.testing.assert_allclose(state.stats.clipped_fraction, want / total, rtol=1e-6)
 
 
-@pytest.mark.parametrize("make", [adamx.adamw, adamx.stable_adamw], ids=["adamw", "stable"])
-def test_runs_in_flax_nnx_optimizer(make):
+NNX = {"adamw": adamx.adamw, "stable": adamx.stable_adamw, "cautious": adamx.cautious_adamw}
+
+
+@pytest.mark.parametrize("name", NNX)
+def test_runs_in_flax_nnx_optimizer(name):
     from _flax_models import NnxMLP, batch, loss, nnx
 
     model = NnxMLP(nnx.Rngs(0))
-    optimizer = nnx.Optimizer(model, adamx.monitor(make(1e-2)), wrt=nnx.Param)
+    optimizer = nnx.Optimizer(model, adamx.monitor(NNX[name](1e-2)), wrt=nnx.Param)
     x, y = batch()
 
     @nnx.jit
@@ -349,3 +367,50 @@ def test_runs_in_flax_nnx_optimizer(make):
     assert set(stats.group_update_param_ratio) == {"hidden", "norm", "out"}
     assert float(stats.update_rms[...]) > 0
     assert 0.0 <= float(stats.clipped_fraction[...]) <= 1.0
+    masked = float(stats.cautious_masked_fraction[...])
+    assert 0.0 < masked < 1.0 if name == "cautious" else masked == 0.0
+
+
+def test_outside_zero1_keeps_its_sharded_state(eight_devices):
+    """monitor(zero1(tx)) on 8 devices: the updates and the state of zero1(tx), bit for bit, its
+    moments still split over "data"; the statistics are replicated scalars."""
+    mesh = jax.make_mesh((8,), ("data",))
+    params = {"w": jnp.asarray(np.random.default_rng(0).normal(size=(16, 4)), jnp.float32)}
+    grads = [jax.tree.map(lambda p, i=i: jnp.sin(p * (i + 2)), params) for i in range(3)]
+
+    def run(tx):
+        with jax.set_mesh(mesh):
+            state = jax.jit(tx.init)(params)
+            out = []
+            for g in grads:
+                updates, state = jax.jit(tx.update)(g, state, params)
+                out.append(updates)
+            return out, state
+
+    plain = run(adamx.sharding.zero1(adamx.adamw(1e-2), mesh))
+    monitored = run(adamx.monitor(adamx.sharding.zero1(adamx.adamw(1e-2), mesh)))
+    assert_bits_equal(monitored[0], plain[0])
+    assert_bits_equal(monitored[1].inner, plain[1])
+    assert monitored[1].inner[0].mu["w"].sharding.spec[0] == "data"
+    assert monitored[1].stats.update_rms.sharding.is_fully_replicated
+    assert float(monitored[1].stats.update_rms) > 0
+
+
+def test_extra_args_reach_the_inner_transformation():
+    def update(updates, state, params=None, *, scale):
+        return jax.tree.map(lambda g: -scale * g, updates), state
+
+    inner = optax.GradientTransformationExtraArgs(lambda p: optax.EmptyState(), update)
+    tx = adamx.monitor(inner)
+    params = {"w": jnp.ones(3)}
+    stats = tx.update(params, tx.init(params), params, scale=0.25)[1].stats
+    assert float(stats.effective_lr) == 0.25
+
+
+def test_no_nan_is_computed_for_zero_steps():
+    """Zero gradients and zero updates: every ratio is defined without a 0/0 (jax_debug_nans)."""
+    params = {"w": jnp.zeros(3)}
+    tx = adamx.monitor(optax.sgd(0.1))
+    with jax.debug_nans(True):
+        stats = jax.jit(tx.update)({"w": jnp.zeros(3)}, tx.init(params), params)[1].stats
+    assert all(float(x) == 0 for x in jax.tree.leaves(stats))

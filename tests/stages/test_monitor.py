@@ -66,8 +66,9 @@ CHAINS = {
 }
 
 
-@pytest.mark.parametrize("jit", [False, True])
-@pytest.mark.parametrize("name", CHAINS)
+@pytest.mark.parametrize(
+    ("name", "jit"), [*((name, True) for name in CHAINS), ("adamw", False)]
+)  # eager: op by op, no fusion to differ; under jit XLA fuses the added reductions with tx
 def test_zero_effect_bit_for_bit(name, jit):
     plain, monitored = run(CHAINS[name](), jit=jit), run(adamx.monitor(CHAINS[name]()), jit=jit)
     for (u, s), (mu, ms) in zip(plain, monitored, strict=True):
@@ -344,7 +345,7 @@ def test_stable_adamw_clipped_fraction():
     np.testing.assert_allclose(state.stats.clipped_fraction, want / total, rtol=1e-6)
 
 
-NNX = {"adamw": adamx.adamw, "stable": adamx.stable_adamw, "cautious": adamx.cautious_adamw}
+NNX = {"adamw": adamx.adamw, "stable": adamx.stable_adamw}  # stable: its per-leaf rms by path
 
 
 @pytest.mark.parametrize("name", NNX)
@@ -367,8 +368,6 @@ def test_runs_in_flax_nnx_optimizer(name):
     assert set(stats.group_update_param_ratio) == {"hidden", "norm", "out"}
     assert float(stats.update_rms[...]) > 0
     assert 0.0 <= float(stats.clipped_fraction[...]) <= 1.0
-    masked = float(stats.cautious_masked_fraction[...])
-    assert 0.0 < masked < 1.0 if name == "cautious" else masked == 0.0
 
 
 def test_outside_zero1_keeps_its_sharded_state(eight_devices):

@@ -52,7 +52,10 @@ def ademamix(
     m, m2 *and* v zeros of dtype d, then keeps the promoted dtype from step 1 on (the
     state's dtype changes, so a jitted update retraces once). For optax's first-step
     storage, pass ``nu_dtype=mu_dtype``. β3 and α are often warmed up over the whole run
-    (the paper's ``T_{α,β3}``): pass schedules.
+    (the paper's ``T_{α,β3}``): pass schedules (``linear_warmup``, ``half_life_warmup``
+    below). ``pytorch_optimizer.AdEMAMix``'s default ``weight_decay`` is an L2 term
+    (``weight_decouple=False``): ``add_coupled_weight_decay`` before the moments, with
+    ``weight_decay=None`` here.
 
     Args:
       learning_rate: η, a number or an optax schedule.
@@ -74,11 +77,12 @@ def ademamix(
       add_decoupled_weight_decay, scale_by_lr)``.
 
     Example:
-      >>> import adamx, optax
-      >>> steps = 100_000
+      >>> import adamx
+      >>> from adamx.aliases.ademamix import half_life_warmup, linear_warmup
+      >>> T = 100_000  # the paper's T_{α,β3}: α and β3 warmed up over the whole run
       >>> tx = adamx.ademamix(
-      ...     1e-3, b3=0.9999, weight_decay=0.1,
-      ...     alpha=optax.linear_schedule(0.0, 8.0, steps))
+      ...     1e-3, b3=half_life_warmup(0.9, 0.9999, T), alpha=linear_warmup(8.0, T),
+      ...     weight_decay=0.1)
 
     References:
       Pagliardini, Ablin & Grangier, "The AdEMAMix Optimizer: Better, Faster, Older",

@@ -13,6 +13,8 @@ optax's: m is an EMA (``lerp``, with 1 - β1) and the step is divided once more 
 to ``F64_ATOL``; float32 within ``FACTORS`` times the reference's own float32 drift.
 """
 
+import inspect
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -174,6 +176,19 @@ def test_optax_mu_dtype_only_sets_its_first_zeros():
     p_plain, s_plain = run_stepwise(reference(optax.contrib.ademamix(LR)), params, grads, 20)
     assert s_narrow[0].nu["w"].dtype == jnp.float32  # the state's dtype changed at step 1
     chex.assert_trees_all_equal((p_narrow, s_narrow), (p_plain, s_plain))
+
+
+@pytest.mark.parametrize("name", ["ademamix", "simplified_ademamix"])
+def test_positional_parameters_are_optax_contribs(name):
+    """``adamx.X(*args)`` means ``optax.contrib.X(*args)``; adamx's own options are keywords."""
+
+    def positional(fn):
+        kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+        return [
+            (p.name, p.default) for p in inspect.signature(fn).parameters.values() if p.kind == kind
+        ]
+
+    assert positional(getattr(adamx, name)) == positional(getattr(optax.contrib, name))
 
 
 # --- pytorch_optimizer ------------------------------------------------------------------------

@@ -25,9 +25,8 @@ is 0, except ``update_param_ratio`` of a nonzero update to all-zero parameters: 
 that clipping scaled down; 0 where ``tx`` has no such stage. ``nonfinite_grads`` counts the
 elements of :math:`g` that are NaN or infinite (int32).
 
-Per-tensor by nature (groups are sets of whole leaves), the wrapper refuses the flat buckets
-of ``adamx.pack`` / ``multi_tensor`` (wrap them instead: ``monitor(multi_tensor(tx))``) and
-``adamx.sparse_rows`` refuses it inside.
+Per leaf by nature, it refuses the buckets of ``adamx.pack`` / ``multi_tensor`` (wrap those
+instead: ``monitor(multi_tensor(tx))``); ``adamx.sparse_rows`` refuses it inside.
 """
 
 from collections.abc import Callable, Hashable
@@ -82,6 +81,15 @@ class _Sums(NamedTuple):
     ug: jax.Array  # Σ Re(conj(g) u)
     size: int  # N, the number of elements
     nonfinite: jax.Array  # Σ [g not finite]
+
+    def rms(self, sum_of_squares: jax.Array) -> jax.Array:
+        return jnp.sqrt(sum_of_squares / max(self.size, 1))
+
+    def param_ratio(self) -> jax.Array:
+        """√(Σ|u|² / Σ|θ|²); +inf for a nonzero update to all-zero parameters, 0 for none."""
+        return jnp.where(
+            self.pp > 0, jnp.sqrt(_ratio(self.uu, self.pp)), jnp.where(self.uu > 0, jnp.inf, 0.0)
+        )
 
 
 def monitor(
@@ -147,11 +155,11 @@ def _stats(groups: Groups, grads, updates, params, state: MonitorState, inner) -
     total = _add(sums)
     sizes = {tuple(path): jnp.size(g) for path, g in paths_and_grads}
     return MonitorStats(
-        update_rms=_rms(total.uu, total.size),
-        group_update_rms={k: _rms(s.uu, s.size) for k, s in groups_sums.items()},
-        update_param_ratio=_param_ratio(total),
-        group_update_param_ratio={k: _param_ratio(s) for k, s in groups_sums.items()},
-        grad_rms=_rms(total.gg, total.size),
+        update_rms=total.rms(total.uu),
+        group_update_rms={k: s.rms(s.uu) for k, s in groups_sums.items()},
+        update_param_ratio=total.param_ratio(),
+        group_update_param_ratio={k: s.param_ratio() for k, s in groups_sums.items()},
+        grad_rms=total.rms(total.gg),
         effective_lr=_ratio(-total.ug, total.gg),
         descent_cosine=_ratio(-total.ug, jnp.sqrt(total.uu) * jnp.sqrt(total.gg)),
         cautious_masked_fraction=_fraction(
@@ -216,24 +224,12 @@ def _ratio(num: jax.Array, den: jax.Array) -> jax.Array:
     return jnp.where(ok, num / jnp.where(ok, den, 1.0), 0.0)
 
 
-def _rms(sum_of_squares: jax.Array, size: int) -> jax.Array:
-    return jnp.sqrt(sum_of_squares / max(size, 1))
-
-
-def _param_ratio(s: _Sums) -> jax.Array:
-    """√(Σ|u|² / Σ|θ|²); +inf for a nonzero update to all-zero parameters, 0 for no update."""
-    return jnp.where(s.pp > 0, jnp.sqrt(_ratio(s.uu, s.pp)), jnp.where(s.uu > 0, jnp.inf, 0.0))
-
-
 def _fraction(
     inner: PyTree, state_type: type, field: str, sizes: dict, total: int, above_one: bool = False
 ) -> jax.Array:
-    """The element-weighted mean of ``field`` over the ``state_type`` nodes in ``inner``.
-
-    A leaf of the field at a parameter's path weighs that leaf's size; any other (a scalar
-    for the whole tree) weighs the whole tree. ``above_one``: the indicator ``value > 1``.
-    0 when ``inner`` holds no such node.
-    """
+    """The mean of ``field`` (``above_one``: of ``field > 1``) over the ``state_type`` states in
+    ``inner``, 0 if none: a leaf at a parameter's path weighs its size, any other (a scalar
+    for the whole tree) the whole tree."""
     num, den = jnp.zeros((), jnp.float32), 0
     for node in _nodes(inner, state_type):
         for path, value in jax.tree_util.tree_flatten_with_path(getattr(node, field))[0]:

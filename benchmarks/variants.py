@@ -39,6 +39,8 @@ import adamx
 RESULTS = Path(__file__).parent / "results"
 SEEDS = {"mlp": 8, "lm": 4}  # full run; --quick: 2 each
 CURVE_EVERY = 5  # loss curves in the JSON: every 5th step, mean over seeds
+# --quick compiles without LLVM's optimizations (a third less compile time; slower steps).
+QUICK_COMPILE = {"xla_backend_optimization_level": 0}
 
 
 def _decayed(alias: Callable, lr: optax.Schedule, wd: float, **kw) -> tuple:
@@ -105,7 +107,9 @@ def schedule(task: Task) -> optax.Schedule:
     return optax.warmup_cosine_decay_schedule(0.0, task.lr, task.steps // 20, task.steps)
 
 
-def seeded_runs(task: Task, tx: optax.GradientTransformation, seeds: int) -> list[dict]:
+def seeded_runs(
+    task: Task, tx: optax.GradientTransformation, seeds: int, compiler_options: dict | None = None
+) -> list[dict]:
     """Train ``tx`` on seeds 0..seeds-1 (init key and batch order as in low_memory.train),
     one compiled program for all seeds; each run's per-step training loss and final losses."""
     loss = task.make(1, 0)[1]  # the same loss for every seed (seeds draw init and batches)
@@ -126,7 +130,8 @@ def seeded_runs(task: Task, tx: optax.GradientTransformation, seeds: int) -> lis
         params = init(jax.random.key(seed))
         t0 = time.perf_counter()
         if compiled is None:  # compiled once, ahead of time, for every seed
-            compiled = jax.jit(scan_and_evaluate).lower(params, batches, evals).compile()
+            compiled = jax.jit(scan_and_evaluate).lower(params, batches, evals)
+            compiled = compiled.compile(compiler_options)
         t1 = time.perf_counter()
         losses, final = jax.block_until_ready(compiled(params, batches, evals))
         finals = {split: float(v) for split, v in final.items()}
@@ -155,10 +160,10 @@ def summarize(runs: list[dict], ref: list[dict]) -> dict:
 def run_all(args: argparse.Namespace) -> tuple[dict, dict]:
     """Every variant on every task and seed; the results dict and the mean loss curves."""
     t_start = time.perf_counter()
-    specs = {
-        k: t._replace(seeds=2 if args.quick else SEEDS[k]) for k, t in tasks(args.quick).items()
-    }
+    seeds = {"mlp": 2, "lm": 2} if args.quick else {"mlp": SEEDS["mlp"], "lm": args.lm_seeds}
+    specs = {k: t._replace(seeds=seeds[k]) for k, t in tasks(args.quick).items()}
     result = {"quick": args.quick, "config": conditions(specs), "skipped": {}, "decay": {}}
+    result["config"]["compiler_options"] = QUICK_COMPILE if args.quick else {}
     for key in ("factor_min_dim", "large_tensor_min_size", "note"):
         result["config"].pop(key, None)
     for spec in result["config"]["tasks"].values():
@@ -174,7 +179,9 @@ def run_all(args: argparse.Namespace) -> tuple[dict, dict]:
             continue
         result["decay"][name] = txs["mlp"][1]
         for task, t in specs.items():
-            runs[task][name] = seeded_runs(t, txs[task][0], t.seeds)
+            runs[task][name] = seeded_runs(
+                t, txs[task][0], t.seeds, QUICK_COMPILE if args.quick else None
+            )
             secs = sum(r["seconds"] for r in runs[task][name])
             print(f"{task:4s} {name:24s} {runs[task][name][0]['final']} ({secs:.1f} s)", flush=True)
     result["summary"] = {
@@ -205,6 +212,7 @@ def run_all(args: argparse.Namespace) -> tuple[dict, dict]:
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="few steps, 2 seeds (smoke test)")
+    parser.add_argument("--lm-seeds", type=int, default=SEEDS["lm"], help="LM seeds (full run)")
     parser.add_argument("--out", default=None, help="results JSON (default results/variants.json)")
     parser.add_argument(
         "--variants",

@@ -1,8 +1,10 @@
 """Tables and plot of ``benchmarks/variants.py`` (from its results; no number typed by hand)."""
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 import numpy as np
 from low_memory import smooth
 
@@ -11,6 +13,7 @@ import matplotlib.pyplot as plt
 
 MARKERS = ("<!-- variants:begin -->", "<!-- variants:end -->")
 SPLITS = (("mlp", "train", "MLP train"), ("mlp", "test", "MLP test"), ("lm", "test", "LM held-out"))
+SYMLOG_TICKS = (-100, -50, -20, -10, -5, 0, 5, 10, 20, 50, 100, 200, 500, 1000, 10000)
 ARROW = {"lower": " ▼", "higher": " ▲", "not resolved": ""}
 
 
@@ -98,8 +101,14 @@ def plot(result: dict, curves: dict, path: Path) -> None:
         mean = np.array([x["mean"] for x in d]) * 100
         ax.errorbar(mean, range(len(names)), xerr=[2 * x["se"] * 100 for x in d], fmt="o",
                     capsize=3)  # fmt: skip
-        if np.nanmax(np.abs(mean), initial=0) > 50:
+        for y, m in enumerate(mean):
+            ax.annotate(f"{m:+.1f}%", (m, y), xytext=(4, 5), textcoords="offset points",
+                        fontsize=7)  # fmt: skip
+        if np.nanmax(np.abs(mean), initial=0) > 50:  # a variant far off: log beyond ±10%
             ax.set_xscale("symlog", linthresh=10)
+            lo, hi = ax.get_xlim()
+            ax.set_xticks([t for t in SYMLOG_TICKS if lo <= t <= hi])
+            ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.axvline(0, color="k", lw=0.8)
         ax.set_yticks(range(len(names)), names if ax is axes[0][0] else [""] * len(names))
         ax.set(title=f"{label}: final loss Δ vs AdamW (± 2 SE)", xlabel="Δ (%)")
@@ -115,6 +124,8 @@ def plot(result: dict, curves: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[1][1].legend(fontsize=8)
     axes[1][2].axis("off")
+    axes[1][2].text(0, 1, textwrap.fill(_head(result).replace("**", ""), 75), va="top", fontsize=8,
+                    transform=axes[1][2].transAxes)  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -74,7 +74,9 @@ def scale_by_adopt(
     including its first step: β' are the float32 arrays ``jnp.where(count > 0, β, ·)``,
     so :math:`1 - \beta_1'` rounds in float32 (0.100000024 for β1 = 0.9), not from the
     Python float. The clip bound is cast to x's dtype (optax's default bound is weakly
-    typed and does the same).
+    typed and does the same). Updates keep the gradients' dtype, as every adamx stage's:
+    where optax's are wider (bfloat16 gradients with ``mu_dtype=jnp.float32``) they are
+    rounded to the gradients' dtype, as ``adamx.adam`` does.
 
     One stage for both ideas (the normalisation and the momentum): its state is optax's
     ``(count, mu, nu)``, and both halves switch on the same step (β1' = 1 and β2' = 0 at
@@ -130,7 +132,7 @@ def scale_by_adopt(
         mu = first_moment(x, m, beta1)
         u = first_moment(x, mu, beta1) if nesterov else mu
         mu_new = mu_format.encode(mu, mu_stored, mu_key)
-        return u, mu_new, nu_format.encode(nu, nu_stored, nu_key)
+        return u.astype(g.dtype), mu_new, nu_format.encode(nu, nu_stored, nu_key)
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args

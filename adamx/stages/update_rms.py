@@ -122,7 +122,9 @@ def _rms_dtype(x: jax.typing.ArrayLike) -> jnp.dtype:
     return promoted_dtype(jnp.float32, real)
 
 
-def _mean_ratio_root(g: jax.Array, nu: jax.Array, eps, dtype) -> jax.Array:
+def _mean_ratio_root(
+    g: jax.Array, nu: jax.Array, eps: float | jax.Array, dtype: jnp.dtype
+) -> jax.Array:
     r""":math:`\sqrt{\operatorname{mean}(|g|^2 / \max(\hat v, \varepsilon^2))}`, computed in
     ``dtype`` or wider and returned in ``dtype`` (0 for a leaf with no elements)."""
     if g.size == 0:
@@ -154,6 +156,7 @@ def clip_by_update_rms(tx: optax.GradientTransformation) -> optax.GradientTransf
       An ``optax.GradientTransformationExtraArgs`` with ``ClipByUpdateRmsState(inner)``.
 
     Raises:
+      TypeError: ``tx`` is not an optax transformation.
       ValueError: (at init) ``tx`` holds no ``update_rms`` or several; the buckets of
         ``adamx.pack`` / ``multi_tensor``.
 
@@ -167,6 +170,7 @@ def clip_by_update_rms(tx: optax.GradientTransformation) -> optax.GradientTransf
     References:
       Wortsman et al., arXiv:2304.13013, Algorithm 2.
     """
+    _check_transformation("tx", tx)
     tx = optax.with_extra_args_support(tx)
 
     def init_fn(params: optax.Params) -> ClipByUpdateRmsState:
@@ -194,6 +198,15 @@ def _divide(u: jax.Array, rms: jax.Array) -> jax.Array:
     """u / max(1, RMS), in their promoted dtype, returned in u's dtype."""
     scale = jnp.maximum(jnp.ones([], rms.dtype), rms)
     return jnp.divide(*promote(u, scale)).astype(u.dtype)
+
+
+def _check_transformation(name: str, value: object) -> None:
+    """A wrapper's argument must be an optax transformation (belongs in _validation.py)."""
+    if not isinstance(value, optax.GradientTransformation):
+        raise TypeError(
+            f"{name} must be an optax.GradientTransformation (the chain to clip, holding one "
+            f"update_rms stage), got {value!r}."
+        )
 
 
 def _the_record(inner: optax.OptState) -> UpdateRmsState:

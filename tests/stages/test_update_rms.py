@@ -190,9 +190,11 @@ def test_refuses_adamaxs_infinity_norm_and_plain_gradients():
         adamx.update_rms().update(params, adamx.update_rms().init(params))
 
 
-def test_bad_eps_is_named():
+def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="eps"):
         adamx.update_rms(-1.0)
+    with pytest.raises(TypeError, match=r"tx must be an optax.GradientTransformation.*got 0.1"):
+        adamx.clip_by_update_rms(0.1)
 
 
 # Formats, dtypes, tracing.
@@ -262,3 +264,18 @@ def test_docstring_examples_run():
     for module, least in [("adamx.stages.update_rms", 2), ("adamx.aliases.stable_adamw", 1)]:
         result = doctest.testmod(importlib.import_module(module))
         assert result.failed == 0 and result.attempted >= least, (module, result)
+
+
+def test_hyperparameters_can_be_injected():
+    """Under optax.inject_hyperparams (α, β, ε, λ as arrays) the step is the alias's."""
+    params = make_params(jnp.float32)
+    grads = jax.tree.map(lambda g: g[1], gradient_stream(params, 2))
+    injected = optax.inject_hyperparams(adamx.stable_adamw)(
+        learning_rate=1e-2, b1=0.9, b2=0.99, eps=1e-6, weight_decay=1e-2
+    )
+    plain = adamx.stable_adamw(1e-2)
+    s_injected, s_plain = injected.init(params), plain.init(params)
+    for _ in range(3):
+        got, s_injected = injected.update(grads, s_injected, params)
+        want, s_plain = plain.update(grads, s_plain, params)
+        chex.assert_trees_all_close(got, want, rtol=1e-6)

@@ -6,7 +6,8 @@ import optax
 from .._types import Mask
 from ..formats import MomentFormat
 from ..stages import bias_correct, scale_by_lr, scale_by_moments, scale_by_rsqrt
-from ._parts import chain, decoupled, l2_penalty
+from ._parts import chain, l2_penalty
+from .cautious import decoupled_decay
 
 
 def adam(
@@ -94,6 +95,7 @@ def adamw(
     nu_dtype: jax.typing.DTypeLike | MomentFormat | None = None,
     fully_decoupled: bool = False,
     peak_learning_rate: float | None = None,
+    cautious_weight_decay: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     r"""AdamW (Loshchilov & Hutter 2019), bit-identical to ``optax.adamw``.
 
@@ -108,6 +110,9 @@ def adamw(
     not its peak α̂ (``peak_learning_rate``, default: a constant
     ``learning_rate``): :math:`\Delta\theta_t = -\alpha_t u_t -
     (\alpha_t/\hat\alpha)\lambda_t\theta_{t-1}`, so tuning α̂ leaves the decay alone.
+    With ``cautious_weight_decay=True`` only the weights whose update agrees with them in
+    sign decay (Chen et al. 2025): :math:`\lambda\theta_{t-1}` becomes
+    :math:`\lambda\,\mathbb{1}[u_t \odot \theta_{t-1} \ge 0] \odot \theta_{t-1}`.
 
     Args:
       learning_rate: α, a number or an optax schedule.
@@ -118,6 +123,8 @@ def adamw(
       fully_decoupled: decay by :math:`(\alpha_t/\hat\alpha)\lambda_t` instead of
         :math:`\alpha_t\lambda_t` (Loshchilov & Hutter's fully decoupled form).
       peak_learning_rate: α̂; required with ``fully_decoupled`` and a schedule.
+      cautious_weight_decay: decay only where :math:`u_t \odot \theta_{t-1} \ge 0`
+        (``add_decoupled_weight_decay(cautious=True)``; arXiv:2510.12402).
 
     Returns:
       ``chain(scale_by_moments, bias_correct, scale_by_rsqrt,
@@ -136,6 +143,13 @@ def adamw(
         scale_by_moments(b1, b2, mu_dtype, nu_dtype=nu_dtype),
         bias_correct(b1, b2, nesterov=nesterov),
         scale_by_rsqrt(eps, eps_root, b2=b2 if epsilon_hat else None, epsilon_hat=epsilon_hat),
-        decoupled(weight_decay, mask, learning_rate, fully_decoupled, peak_learning_rate),
+        decoupled_decay(
+            weight_decay,
+            mask,
+            learning_rate,
+            fully_decoupled,
+            peak_learning_rate,
+            cautious_weight_decay,
+        ),
         scale_by_lr(learning_rate),
     )

@@ -90,7 +90,7 @@ def cautious_adamw(
     )
     return chain(
         cautious(direction, rescale=rescale),
-        _decay(
+        decoupled_decay(
             weight_decay,
             mask,
             learning_rate,
@@ -102,7 +102,7 @@ def cautious_adamw(
     )
 
 
-def _decay(
+def decoupled_decay(
     weight_decay: optax.ScalarOrSchedule | None,
     mask: Mask | None,
     learning_rate: optax.ScalarOrSchedule,
@@ -110,9 +110,11 @@ def _decay(
     peak_learning_rate: float | None,
     cautious_weight_decay: bool,
 ) -> optax.GradientTransformationExtraArgs | None:
-    """``add_decoupled_weight_decay`` with the alias's arguments; None (no stage) for None.
+    """``add_decoupled_weight_decay`` with an alias's arguments; None (no stage) for None.
 
-    ``_parts.decoupled`` with the ``cautious`` option (which that helper does not take).
+    ``_parts.decoupled`` with the ``cautious`` option (cautious weight decay), which that
+    helper does not take; ``adamw(cautious_weight_decay=...)`` uses it too. A decay of 0.0
+    keeps its stage, as ``optax.adamw`` keeps ``add_decayed_weights``.
     """
     if weight_decay is None:
         if fully_decoupled or peak_learning_rate is not None or cautious_weight_decay:

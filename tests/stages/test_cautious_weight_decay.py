@@ -242,3 +242,22 @@ def test_on_pack_op_by_op_bit_identical():
 def test_cautious_must_be_a_bool():
     with pytest.raises(TypeError, match=r"cautious must be True or False, got 1"):
         adamx.add_decoupled_weight_decay(0.1, cautious=1)
+
+
+def test_adamw_option_is_the_stage_option():
+    params = make_params(jnp.float32)
+    grads = gradient_stack(params, 40)
+    alias = adamx.adamw(1e-2, weight_decay=0.3, mask=MASK, cautious_weight_decay=True)
+    explicit = optax.chain(
+        adamx.scale_by_moments(0.9, 0.999),
+        adamx.bias_correct(0.9, 0.999),
+        adamx.scale_by_rsqrt(1e-8),
+        adamx.add_decoupled_weight_decay(0.3, MASK, cautious=True),
+        adamx.scale_by_lr(1e-2),
+    )
+    ours = run_adamx_stream(alias, params, grads, with_updates=True)[2]
+    chex.assert_trees_all_equal(
+        ours, run_adamx_stream(explicit, params, grads, with_updates=True)[2]
+    )
+    plain = run_adamx_stream(adamx.adamw(1e-2, weight_decay=0.3, mask=MASK), params, grads)[0]
+    assert not np.array_equal(plain["w"], run_adamx_stream(alias, params, grads)[0]["w"])

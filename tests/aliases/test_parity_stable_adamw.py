@@ -102,6 +102,21 @@ CASES = {
         lambda lr: adamx.stable_adamw(lr, eps=1e-6, weight_decay=0.1),
         schedule(3e-2),
     ),
+    # weight_decouple=False: L2 added to the gradient, so it enters the moments and the RMS.
+    "pytorch_optimizer_coupled": Case(
+        lambda p, lr: pytorch_optimizer.StableAdamW(p, lr=lr, weight_decouple=False),
+        lambda lr: adamx.clip_by_update_rms(
+            optax.chain(
+                adamx.add_coupled_weight_decay(1e-2),
+                adamx.scale_by_moments(B1, B2),
+                adamx.bias_correct(B1, B2),
+                adamx.update_rms(1e-8),
+                adamx.scale_by_rsqrt(1e-8),
+                adamx.scale_by_lr(lr),
+            )
+        ),
+        LR,
+    ),
 }
 BETAS = {"optimi_fully_decoupled_schedule": (0.8, 0.95)}
 

@@ -4,6 +4,7 @@ import jax
 import optax
 
 from .._types import Mask
+from .._validation import check_flag
 from ..formats import MomentFormat
 from ..stages import scale_by_laprop, scale_by_lr
 from ._parts import chain, decoupled
@@ -19,6 +20,7 @@ def laprop(
     nu_dtype: jax.typing.DTypeLike | MomentFormat | None = None,
     eps_root: float = 0.0,
     epsilon_hat: bool = False,
+    lr_weighted: bool = False,
     weight_decay: optax.ScalarOrSchedule | None = None,
     mask: Mask | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -30,9 +32,10 @@ def laprop(
         m_t = \beta_1 m_{t-1} + (1-\beta_1) x_t, \quad
         \Delta\theta_t = -\alpha_t \left(\frac{m_t}{1-\beta_1^t} + \lambda_t\theta_{t-1}\right)
 
-    See :func:`adamx.scale_by_laprop` for ``eps_root`` and ``epsilon_hat``.
-    ``pytorch_optimizer.LaProp(lr=α)`` (weight decay 0) is
-    ``laprop(α, eps_root=1e-15, epsilon_hat=True)`` for a constant α.
+    See :func:`adamx.scale_by_laprop` for ``eps_root``, ``epsilon_hat`` and the
+    learning-rate weighting. ``pytorch_optimizer.LaProp(lr=α)`` (weight decay 0) is
+    ``laprop(α, eps_root=1e-15, epsilon_hat=True, lr_weighted=True)``; for a constant α
+    ``lr_weighted`` only changes the rounding.
 
     With ``weight_decay=λ`` the decay is AdamW's (decoupled, before the learning
     rate: :math:`-\alpha_t\lambda_t\theta_{t-1}`). ``pytorch_optimizer.LaProp`` instead
@@ -49,6 +52,8 @@ def laprop(
       nu_dtype: storage of v: a float dtype or a moment format (None: the params' dtype).
       eps_root: ε̄, added under the root.
       epsilon_hat: ε and ε̄ on the uncorrected v (pytorch_optimizer's placement).
+      lr_weighted: weight the momentum by α_t, as the authors' code and pytorch_optimizer
+        do (under a schedule, steps taken with a larger α weigh more).
       weight_decay: λ of decoupled decay, a number or a schedule. None (the default):
         no stage.
       mask: which leaves decay (pytree of bools, callable, ``adamx.path_mask``).
@@ -70,9 +75,17 @@ def laprop(
       Ziyin, Wang & Ueda, "LaProp: Separating Momentum and Adaptivity in Adam",
       arXiv:2002.04839.
     """
+    check_flag("lr_weighted", lr_weighted)
     return chain(
         scale_by_laprop(
-            b1, b2, eps, mu_dtype, nu_dtype=nu_dtype, eps_root=eps_root, epsilon_hat=epsilon_hat
+            b1,
+            b2,
+            eps,
+            mu_dtype,
+            nu_dtype=nu_dtype,
+            eps_root=eps_root,
+            epsilon_hat=epsilon_hat,
+            learning_rate=learning_rate if lr_weighted else None,
         ),
         decoupled(weight_decay, mask, learning_rate, False, None),
         scale_by_lr(learning_rate),

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from .._rates import decay_power
+from .._rates import decay_power, ema
 from .._types import PyTree, as_arrays, promote
 from .._validation import (
     check_beta,
@@ -14,6 +14,7 @@ from .._validation import (
     check_float_leaves,
     check_non_negative,
     check_same_shape,
+    check_scalar_or_schedule,
     require_update_tree,
 )
 from ..formats import MomentFormat
@@ -29,6 +30,7 @@ class ScaleByLapropState(NamedTuple):
     count: jax.Array  # shape=(), int32: steps taken, saturating at 2**31 - 1
     mu: PyTree  # first moment m of the normalised gradient, in its state format
     nu: PyTree  # second moment v of the gradient, in its state format
+    lr_ema: jax.Array | None = None  # shape=(), default float: c_t, with ``learning_rate`` only
 
 
 def scale_by_laprop(
@@ -40,6 +42,7 @@ def scale_by_laprop(
     nu_dtype: jax.typing.DTypeLike | MomentFormat | None = None,
     eps_root: float | jax.Array = 0.0,
     epsilon_hat: bool = False,
+    learning_rate: optax.ScalarOrSchedule | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""LaProp: normalise the gradient by √v̂ first, then take its momentum.
 
@@ -62,10 +65,16 @@ def scale_by_laprop(
     The defaults (β1 = 0.9, β2 = 0.999, ε = 1e-15, ε̄ = 0, ε after the correction) are
     those of the authors' code (Z-T-WANG/LaProp-Optimizer) and of the paper's
     algorithm; ``pytorch_optimizer.LaProp`` is ``eps_root=1e-15, epsilon_hat=True``.
-    Both weight the momentum by the learning rate (:math:`m_t` accumulates
-    :math:`\alpha_s x_s`, the correction :math:`\alpha_s`): for a constant α that is
-    this stage followed by ``scale_by_lr(α)``; under a schedule they average past
-    steps weighted by their α, this stage does not.
+    Both weight the momentum by the learning rate; ``learning_rate=α`` (the chain's,
+    which ``scale_by_lr`` then applies) does the same:
+
+    .. math::
+        m_t = \beta_1 m_{t-1} + (1 - \beta_1) \alpha_t x_t, \qquad
+        c_t = \beta_1 c_{t-1} + (1 - \beta_1) \alpha_t, \qquad u_t = m_t / c_t
+
+    so that :math:`\alpha_t u_t` steps by the α-weighted mean of past x (u = 0 while
+    c = 0). For a constant α, :math:`c_t = \alpha(1-\beta_1^t)` and this is the default
+    form (up to rounding); under a schedule, steps taken with a larger α weigh more.
 
     m and v are computed in the promoted dtype of g and their decoded state; the updates
     keep the gradients' dtype.
@@ -78,6 +87,9 @@ def scale_by_laprop(
       nu_dtype: storage of v, likewise.
       eps_root: ε̄, added under the root (>= 0).
       epsilon_hat: add ε and ε̄ to the uncorrected v (pytorch_optimizer's placement).
+      learning_rate: α (a number or a schedule, evaluated at this stage's step count
+        as ``scale_by_lr`` does) to weight the momentum by; None: unweighted. The
+        state then keeps :math:`c_t` (``lr_ema``).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` with ``ScaleByLapropState``.
@@ -94,7 +106,7 @@ def scale_by_laprop(
       Ziyin, Wang & Ueda, "LaProp: Separating Momentum and Adaptivity in Adam",
       arXiv:2002.04839.
     """
-    _check_options(b1, b2, eps, eps_root, epsilon_hat)
+    _check_options(b1, b2, eps, eps_root, epsilon_hat, learning_rate)
     mu_format, nu_format = as_format(mu_dtype, "mu"), as_format(nu_dtype, "nu")
 
     def init_fn(params):
@@ -104,17 +116,22 @@ def scale_by_laprop(
             count=jnp.zeros([], jnp.int32),
             mu=init_moment(_STAGE, mu_format, "mu", params),
             nu=init_moment(_STAGE, nu_format, "nu", params),
+            lr_ema=None if learning_rate is None else jnp.zeros([], float),
         )
 
     def update_leaf(path, g, mu_stored, nu_stored, mu_key, nu_key, corrections):
         m, v = mu_format.decode(mu_stored, g), nu_format.decode(nu_stored, g)
         check_same_shape(_STAGE, path, g, m, "gradient")
         check_same_shape(_STAGE, path, g, v, "gradient")
-        correction1, correction2 = corrections
+        correction1, correction2, alpha = corrections
         nu = second_moment(g, v, b2)
         x = normalised(g, nu, correction2, eps, eps_root, epsilon_hat)
+        if alpha is not None:
+            x = jnp.multiply(*promote(alpha.astype(x.dtype), x))
         mu = first_moment(x, m, b1)
-        u = mu / correction1.astype(mu.dtype)
+        u = jnp.divide(*promote(mu, correction1.astype(mu.dtype)))
+        if alpha is not None:  # c = 0 (α = 0 so far): no step
+            u = jnp.where(correction1 > 0, u, jnp.zeros_like(u))
         mu_new = mu_format.encode(mu, mu_stored, mu_key)
         return u.astype(g.dtype), mu_new, nu_format.encode(nu, nu_stored, nu_key)
 
@@ -124,7 +141,13 @@ def scale_by_laprop(
         updates = as_arrays(updates)
         check_float_leaves(_STAGE, "gradient", updates)
         count = optax.safe_increment(state.count)
-        corrections = (1 - decay_power(b1, count), 1 - decay_power(b2, count))
+        alpha, lr_ema = None, None
+        if learning_rate is None:
+            correction1 = 1 - decay_power(b1, count)
+        else:
+            alpha = _rate(learning_rate, state.count)
+            lr_ema = correction1 = ema(alpha, state.lr_ema, b1)
+        corrections = (correction1, 1 - decay_power(b2, count), alpha)
         paths_and_grads, treedef = jax.tree_util.tree_flatten_with_path(updates)
         mus, mu_keys, mu_next = read_moment(_STAGE, mu_format, "mu", updates, state.mu)
         nus, nu_keys, nu_next = read_moment(_STAGE, nu_format, "nu", updates, state.nu)
@@ -133,7 +156,7 @@ def scale_by_laprop(
         mu = write_moment(mu_format, treedef, [row[1] for row in rows], mu_next, state.mu)
         nu = write_moment(nu_format, treedef, [row[2] for row in rows], nu_next, state.nu)
         new_updates = treedef.unflatten([row[0] for row in rows])
-        return new_updates, ScaleByLapropState(count=count, mu=mu, nu=nu)
+        return new_updates, ScaleByLapropState(count=count, mu=mu, nu=nu, lr_ema=lr_ema)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -158,9 +181,18 @@ def normalised(
     return jnp.divide(*promote(g, jnp.add(*promote(root, eps))))
 
 
-def _check_options(b1, b2, eps, eps_root, epsilon_hat) -> None:
+def _rate(learning_rate: optax.ScalarOrSchedule, count: jax.Array) -> jax.Array:
+    """α_t at the step count (a schedule's value, or the constant), a scalar of the default
+    float dtype (float32; float64 under x64, as the reference's Python floats)."""
+    alpha = learning_rate(count) if callable(learning_rate) else learning_rate
+    return jnp.asarray(alpha).astype(float)
+
+
+def _check_options(b1, b2, eps, eps_root, epsilon_hat, learning_rate) -> None:
     check_beta("b1", b1)
     check_beta("b2", b2)
     check_non_negative("eps", eps)
     check_non_negative("eps_root", eps_root)
     check_flag("epsilon_hat", epsilon_hat)
+    if learning_rate is not None:
+        check_scalar_or_schedule("learning_rate", learning_rate)

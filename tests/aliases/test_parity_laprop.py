@@ -38,11 +38,12 @@ FACTOR = 10.0  # operation order differs (torch: lr inside m, 1/bc1 from lr sums
 TORCH_OPTIONS = dict(eps_root=1e-15, epsilon_hat=True)
 
 
-def run_torch(make_optimizer, params, grads=None, steps=STEPS):
+def run_torch(make_optimizer, params, grads=None, steps=STEPS, schedule=None):
     """The torch optimizer in a Python loop: (trajectory, {tensor slot: final values}).
 
     As ``_family_refs.run_torch``, but LaProp's state also holds Python floats
-    (``exp_avg_lr_1``), which are left out.
+    (``exp_avg_lr_1``), which are left out, and ``schedule(t)`` (if given) sets the
+    learning rate before step t.
     """
     import torch
 
@@ -59,6 +60,8 @@ def run_torch(make_optimizer, params, grads=None, steps=STEPS):
             g_t = [g[t] for g in stacked]
         for p, g in zip(tensors, g_t, strict=True):
             p.grad = torch.tensor(np.array(g))
+        if schedule is not None:
+            optimizer.param_groups[0]["lr"] = float(schedule(jnp.int32(t)))
         optimizer.step()
         trajectory.append([p.detach().numpy().copy() for p in tensors])
     per_leaf = [np.stack(column) for column in zip(*trajectory, strict=True)]
@@ -70,15 +73,27 @@ def run_torch(make_optimizer, params, grads=None, steps=STEPS):
     return treedef.unflatten(per_leaf), slots
 
 
-def run_pair(kind, dtype):
-    """(adamx, pytorch_optimizer) trajectories, and (m, v) of each (torch's m divided by α)."""
+def warmup_cosine(count):
+    """A warmup from 0 and a cosine decay, strict-clean (optax's cosine schedules are not)."""
+    t = count.astype(float)
+    warm = LR * t / 50.0
+    cosine = 1e-4 + (LR - 1e-4) * 0.5 * (1.0 + jnp.cos(jnp.pi * (t - 50.0) / 450.0))
+    return jnp.where(t < 50.0, warm, cosine)
+
+
+def run_pair(kind, dtype, schedule=None):
+    """(adamx, pytorch_optimizer) trajectories, and (m, v) of each (torch's m divided by α;
+    with a schedule, v only)."""
     torch = pytest.importorskip("torch")
     pytorch_optimizer = pytest.importorskip("pytorch_optimizer")
 
     def make_torch(tensors):
         return pytorch_optimizer.LaProp(tensors, lr=LR, foreach=False)
 
-    tx = adamx.laprop(LR, **TORCH_OPTIONS)
+    if schedule is None:
+        tx = adamx.laprop(LR, **TORCH_OPTIONS)
+    else:
+        tx = adamx.laprop(schedule, **TORCH_OPTIONS, lr_weighted=True)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64 if dtype == jnp.float64 else torch.float32)
     try:
@@ -87,21 +102,28 @@ def run_pair(kind, dtype):
                 params = jax.tree.map(lambda x: x.astype(dtype), make_params(jnp.float32))
                 grads = gradient_stack(params)
                 ours, state = run_adamx_stream(tx, params, grads)
-                theirs, slots = run_torch(make_torch, params, grads)
+                theirs, slots = run_torch(make_torch, params, grads, schedule=schedule)
             else:
                 ours, state = run_adamx_model(tx, model_params(dtype))
-                theirs, slots = run_torch(make_torch, model_params(dtype))
+                theirs, slots = run_torch(make_torch, model_params(dtype), schedule=schedule)
     finally:
         torch.set_default_dtype(previous)
     moments = (optax.tree.get(state, "mu"), optax.tree.get(state, "nu"))
+    if schedule is not None:  # both keep m weighted by α: compare as they are
+        return (ours, theirs), (moments, (slots["exp_avg"], slots["exp_avg_sq"]))
     torch_m = jax.tree.map(lambda m: m / LR, slots["exp_avg"])
     return (ours, theirs), (moments, (torch_m, slots["exp_avg_sq"]))
 
 
-@pytest.mark.parametrize("kind", ["stream", "model"])
-def test_matches_pytorch_optimizer(kind):
-    (ours32, theirs32), ((m32, v32), (tm32, tv32)) = run_pair(kind, jnp.float32)
-    (ours64, theirs64), ((m64, v64), (tm64, tv64)) = run_pair(kind, jnp.float64)
+@pytest.mark.parametrize(
+    ("kind", "schedule"),
+    [("stream", None), ("model", None), ("stream", warmup_cosine)],
+    ids=["stream", "model", "stream_schedule"],
+)
+def test_matches_pytorch_optimizer(kind, schedule):
+    """With a schedule (from α = 0) adamx runs ``lr_weighted=True``, as torch weighs m by α."""
+    (ours32, theirs32), ((m32, v32), (tm32, tv32)) = run_pair(kind, jnp.float32, schedule)
+    (ours64, theirs64), ((m64, v64), (tm64, tv64)) = run_pair(kind, jnp.float64, schedule)
     assert_f64_equal(ours64, theirs64, f"LaProp {kind} params")
     assert_f64_equal(m64, tm64, f"LaProp {kind} mu")
     assert_f64_equal(v64, tv64, f"LaProp {kind} nu")
@@ -140,6 +162,18 @@ def test_default_is_the_authors_algorithm_in_float64():
         grads = gradient_stack(params)
         ours, _ = run_adamx_stream(adamx.laprop(LR), params, grads)
         assert_f64_equal(ours, authors_laprop(params, grads, LR), "LaProp vs the authors' code")
+
+
+def test_lr_weighted_differs_under_a_schedule_only():
+    """A constant α: the weighting changes rounding only. A schedule: it changes the steps."""
+    params = make_params(jnp.float32)
+    grads = gradient_stack(params, 100)
+    plain = run_adamx_stream(adamx.laprop(LR), params, grads)[0]
+    weighted = run_adamx_stream(adamx.laprop(LR, lr_weighted=True), params, grads)[0]
+    np.testing.assert_allclose(plain["w"], weighted["w"], rtol=1e-5, atol=1e-6)
+    plain = run_adamx_stream(adamx.laprop(warmup_cosine), params, grads)[0]
+    weighted = run_adamx_stream(adamx.laprop(warmup_cosine, lr_weighted=True), params, grads)[0]
+    assert np.max(np.abs(plain["w"] - weighted["w"])) > 1e-3
 
 
 def test_weight_decay_none_adds_no_stage():

@@ -175,10 +175,18 @@ def _check_options(b1, b2, eps, nesterov, use_clipping, clip_value_fn) -> None:
     check_non_negative("eps", eps)
     check_flag("nesterov", nesterov)
     check_flag("use_clipping", use_clipping)
-    check_callable("clip_value_fn", clip_value_fn, "a function of the int32 step count t")
+    check_callable(
+        "clip_value_fn",
+        clip_value_fn,
+        "a function of the int32 step count t",
+        "Under optax.inject_hyperparams, pass static_args=('clip_value_fn',): it takes a "
+        "callable for a schedule and passes its value.",
+    )
 
 
-def check_callable(name: str, value: object, what: str) -> None:
-    """``value`` must be callable (belongs in ``adamx._validation``)."""
+def check_callable(name: str, value: object, what: str, hint: str = "") -> None:
+    """``value`` must be callable; ``hint`` completes the message (belongs in
+    ``adamx._validation``)."""
     if not callable(value):
-        raise TypeError(f"{name} must be {what}, got {value!r} ({type(value).__name__}).")
+        message = f"{name} must be {what}, got {value!r} ({type(value).__name__}). {hint}"
+        raise TypeError(message.rstrip())

@@ -125,6 +125,11 @@ def test_bad_arguments_are_named(kwargs, name):
         adamx.adopt(1e-3, **kwargs)
 
 
+def test_inject_hyperparams_without_static_clip_value_fn_is_explained():
+    with pytest.raises(TypeError, match=r"static_args=\('clip_value_fn',\)"):
+        optax.inject_hyperparams(adamx.adopt)(learning_rate=1e-3).init(tree())
+
+
 def test_refuses_a_moment_tree():
     moments = adamx.scale_by_moments().update(
         {"w": jnp.ones(2)}, adamx.scale_by_moments().init({"w": jnp.ones(2)})

@@ -139,6 +139,37 @@ def test_bad_arguments_are_named(kwargs, name):
         adamx.laprop(1e-3, **kwargs)
 
 
+def test_bad_learning_rate_and_lr_weighted_are_named():
+    with pytest.raises(ValueError, match="learning_rate"):
+        adamx.scale_by_laprop(learning_rate=-1.0)
+    with pytest.raises(ValueError, match="learning_rate"):
+        adamx.laprop(-1.0, lr_weighted=True)
+    with pytest.raises(TypeError, match="lr_weighted"):
+        adamx.laprop(1e-3, lr_weighted="yes")
+
+
+def test_lr_weighted_state_under_jit_and_a_schedule():
+    """c_t = β1 c + (1-β1) α_t in the state; α_0 = 0 (warmup) gives c = 0 and no step."""
+    chex.clear_trace_counter()
+    schedule = optax.linear_schedule(0.0, 1e-2, 10)
+    tx = adamx.laprop(schedule, lr_weighted=True, mu_dtype=adamx.blockwise_8bit())
+    params = tree()
+    state = tx.init(params)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def step(params, state):
+        updates, state = tx.update(params, state, params)
+        return optax.apply_updates(params, updates), updates, state
+
+    _, updates, state = step(params, state)
+    assert all(bool(jnp.all(u == 0)) for u in jax.tree.leaves(updates))
+    assert float(state[0].lr_ema) == 0.0
+    _, updates, state = step(params, state)
+    np.testing.assert_allclose(float(state[0].lr_ema), 0.1 * 1e-3, rtol=1e-6)
+    assert all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree.leaves(updates))
+
+
 def test_refuses_a_moment_tree():
     moments = adamx.scale_by_moments().update(
         {"w": jnp.ones(2)}, adamx.scale_by_moments().init({"w": jnp.ones(2)})

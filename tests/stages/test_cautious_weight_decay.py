@@ -261,3 +261,22 @@ def test_adamw_option_is_the_stage_option():
     )
     plain = run_adamx_stream(adamx.adamw(1e-2, weight_decay=0.3, mask=MASK), params, grads)[0]
     assert not np.array_equal(plain["w"], run_adamx_stream(alias, params, grads)[0]["w"])
+
+
+def test_on_sparse_rows_touching_every_row_matches_the_dense_run():
+    """Elementwise, so a table's gathered rows decay as the dense table would (lazy rows: only
+    touched rows move; here every row is touched at every step)."""
+    rng = np.random.default_rng(0)
+    table = {"emb": jnp.asarray(rng.normal(size=(10, 4)), jnp.float32)}
+    tx = adamx.adamw(1e-2, weight_decay=0.3, cautious_weight_decay=True)
+    sparse = adamx.sparse_rows(tx)
+    dense_p, sparse_p = table, table
+    dense_s, sparse_s = tx.init(table), sparse.init(table)
+    for _ in range(5):
+        g = jnp.asarray(rng.normal(size=(10, 4)), jnp.float32)
+        u, dense_s = tx.update({"emb": g}, dense_s, dense_p)
+        dense_p = optax.apply_updates(dense_p, u)
+        rows = {"emb": adamx.row_sparse(jnp.arange(10), g, 10)}
+        u, sparse_s = sparse.update(rows, sparse_s, sparse_p)
+        sparse_p = optax.apply_updates(sparse_p, u)
+    chex.assert_trees_all_equal(sparse_p, dense_p)

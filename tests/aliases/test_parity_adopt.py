@@ -204,3 +204,21 @@ def test_weight_decay_none_is_optaxs_chain_and_zero_keeps_a_stage():
     assert ours[0]._fields == theirs[0]._fields == ("count", "mu", "nu")
     chex.assert_trees_all_equal_shapes_and_dtypes(tuple(ours[0]), tuple(theirs[0]))
     assert len(adamx.adopt(LR, weight_decay=0.0).init(params)) == 3
+
+
+def test_signature_is_optaxs():
+    """optax.contrib.adopt's positional parameters in its order with its defaults, and its
+    keyword-only ones (clip_value_fn's default is optax's lambda written as a named function:
+    the same bound, bit for bit, above); adamx's options after them."""
+    import inspect
+
+    def parameters(fn, kind):
+        return [(p.name, p.default) for p in inspect.signature(fn).parameters.values()
+                if p.kind == kind]  # fmt: skip
+
+    positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    assert parameters(adamx.adopt, positional) == parameters(optax.contrib.adopt, positional)
+    ours = dict(parameters(adamx.adopt, inspect.Parameter.KEYWORD_ONLY))
+    for name, default in parameters(optax.contrib.adopt, inspect.Parameter.KEYWORD_ONLY):
+        assert name in ours
+        assert name == "clip_value_fn" or ours[name] == default, name

@@ -215,3 +215,17 @@ def test_injected_hyperparameters_with_bfloat16_params_are_strict_clean():
 def test_docstring_examples_run(module):
     result = doctest.testmod(importlib.import_module(module))
     assert result.failed == 0 and result.attempted >= 3, result
+
+
+def test_sparse_rows_runs_lazy_and_refuses_catch_up():
+    """Elementwise: a table's touched rows step alone (lazy). catch_up decays
+    scale_by_moments' moments, which this chain has not: refused at init."""
+    table = {"emb": jnp.ones((10, 4))}
+    grads = {"emb": adamx.row_sparse(jnp.array([1, 3]), jnp.ones((2, 4)), 10)}
+    tx = adamx.sparse_rows(adamx.laprop(1e-2))
+    state = tx.init(table)
+    for _ in range(2):
+        updates, state = tx.update(grads, state, table)
+    assert bool(jnp.all(jnp.isfinite(updates["emb"].values)))
+    with pytest.raises(ValueError, match="catch_up"):
+        adamx.sparse_rows(adamx.laprop(1e-2), semantics="catch_up").init(table)

@@ -20,6 +20,13 @@ from registry import (
     compose,
 )
 
+# (adamx's field, optax's) where optax.contrib names the moments otherwise.
+FIELDS = {
+    "adafactor": (),
+    "ademamix": (("mu", "m1"), ("nu", "nu"), ("m2", "m2")),
+    "simplified_ademamix": (("mu", "m"), ("nu", "n")),
+}
+
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_every_optimizer_is_exercised(name):
@@ -32,10 +39,9 @@ def test_every_optimizer_is_exercised(name):
         # Adam's moments keep optax's field names, so optax's tree tools keep working.
         # (Adafactor's factors are adamx.FactoredMoment records: nu.row / nu.col, where optax
         # has v_row / v_col; docs/family.md says so.)
-        fields = ("mu", "nu") if opt.alias != "adafactor" else ()
-        for field in fields:
+        for field, optax_field in FIELDS.get(opt.alias, (("mu", "mu"), ("nu", "nu"))):
             jax.tree.map(
-                lambda a, b: None, optax.tree.get(ours, field), optax.tree.get(theirs, field)
+                lambda a, b: None, optax.tree.get(ours, field), optax.tree.get(theirs, optax_field)
             )
         if opt.alias == "adafactor":  # the same step counts (factored RMS, [momentum])
             counts = [optax.tree.get_all_with_path(s, "count") for s in (ours, theirs)]

@@ -4,6 +4,7 @@ and the builders and constants the entries of ``adam.py`` and ``family.py`` use.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import optax
@@ -72,7 +73,8 @@ class Optimizer:
     def reference(self, params=None) -> optax.GradientTransformation:
         """optax's optimizer with the same arguments (bit-identical to ``make``), run under
         the standard promotion rules (optax is not strict-clean, see ``_promotion``)."""
-        return reference(getattr(optax, self.optax)(**_resolve(dict(self.kwargs), params)))
+        make = functools.reduce(getattr, self.optax.split("."), optax)  # "contrib.adopt" too
+        return reference(make(**_resolve(dict(self.kwargs), params)))
 
 
 def _resolve(kwargs: dict, params) -> dict:

@@ -1,4 +1,5 @@
-"""Every optimizer of the registry, by name: the adam entries, the family's, Adafactor's."""
+"""Every optimizer of the registry, by name: the adam entries, the family's, Adafactor's, the
+modern variants'."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from .adafactor import ADAFACTOR
 from .adam import ADAM
 from .family import FAMILY
 from .optimizer import Optimizer
+from .variants import VARIANTS
 
-OPTIMIZERS: dict[str, Optimizer] = {**ADAM, **FAMILY, **ADAFACTOR}
+OPTIMIZERS: dict[str, Optimizer] = {**ADAM, **FAMILY, **ADAFACTOR, **VARIANTS}
 
 
 def with_reference(kind: str) -> list[str]:

@@ -17,6 +17,7 @@ from .formats import FORMATS, Format
 from .hosts import HOSTS
 from .optimizers import OPTIMIZERS
 from .paths import PACK_MIN_SIZE, PATHS
+from .variants import OWN_MOMENTS, PER_TENSOR
 
 PACKED_LARGEST = 128  # the largest leaf the matrix tree packs: (128,)
 FACTORED_TABLE = 64 * 128  # the sparse paths' table, the (64, 128) leaf
@@ -63,6 +64,11 @@ def _quantizes_below(cell: Cell, size: int) -> bool:
 
 def _is_adafactor(cell: Cell) -> bool:
     return OPTIMIZERS[cell.optimizer].alias == "adafactor"
+
+
+def _per_tensor(cell: Cell) -> bool:
+    """The cell's optimizer computes a statistic of each whole leaf."""
+    return _is_adafactor(cell) or cell.optimizer in PER_TENSOR
 
 
 def _factors_at_least(cell: Cell, size: int) -> bool:
@@ -128,12 +134,14 @@ RULES: dict[str, Rule] = {
         ValueError,
         r"factored keeps the row and column means.*was packed into a flat bucket.*min_size <=",
     ),
-    "per_tensor_rms_in_buckets": Rule(
-        lambda c: c.path in ("pack", "multi_tensor") and _is_adafactor(c),
-        "Adafactor's update clipping and parameter scaling take one RMS per leaf: a bucket's RMS "
-        "would scale every leaf packed in it",
+    "per_tensor_stage_in_buckets": Rule(
+        lambda c: c.path in ("pack", "multi_tensor") and _per_tensor(c),
+        "a per-tensor statistic (Adafactor's update clipping and parameter scaling, cautious's "
+        "kept fraction, StableAdamW's update RMS) is of one leaf: a bucket's would scale every "
+        "leaf packed in it",
         ValueError,
-        r"computes one statistic per parameter leaf.*buckets|factored keeps the row and column means",
+        r"computes one statistic per parameter leaf.*buckets"
+        r"|factored keeps the row and column means",
     ),
     "factored_table_on_rows": Rule(
         lambda c: (
@@ -146,15 +154,19 @@ RULES: dict[str, Rule] = {
         ValueError,
         r"the table at (tree/)?w has its second moment stored by nu_dtype=factored.*row-aligned",
     ),
-    "per_tensor_rms_on_rows": Rule(
-        lambda c: c.path == "sparse_rows" and _is_adafactor(c),
-        "Adafactor's per-leaf RMS of a table's touched rows is not the table's RMS",
+    "per_tensor_stage_on_rows": Rule(
+        lambda c: c.path in ("sparse_rows", "sparse_rows_catch_up") and _per_tensor(c),
+        "a per-leaf statistic (an RMS, a kept fraction) of a table's touched rows is not the "
+        "table's",
         ValueError,
         r"per-tensor stage.*statistic of those rows",
     ),
     "catch_up_without_moments": Rule(
-        lambda c: c.path == "sparse_rows_catch_up" and _is_adafactor(c),
-        "catch_up decays Adam's moments of scale_by_moments; Adafactor has none",
+        lambda c: (
+            c.path == "sparse_rows_catch_up" and (_is_adafactor(c) or c.optimizer in OWN_MOMENTS)
+        ),
+        "catch_up decays Adam's moments of scale_by_moments; Adafactor, ADOPT, LaProp and "
+        "simplified AdEMAMix keep moments of their own stages",
         ValueError,
         r"semantics='catch_up'\) decays the stored moments of adamx's scale_by_moments",
     ),

@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from .._types import promote, promoted_dtype
-from .._validation import check_choice, require_update_tree
+from .._types import PyTree, is_moments, promote, promoted_dtype
+from .._validation import check_choice
 from ._whole_leaf import refuse_buckets, whole_leaf_state
 
 Rescale = Literal["count", "mean"]
@@ -112,7 +112,7 @@ def cautious(
 
     def update_fn(updates, state, params=None, **extra_args):
         directions, inner = inner_tx.update(updates, state.inner, params, **extra_args)
-        require_update_tree("cautious (the chain it wraps)", directions)
+        _require_direction(directions)
         leaves, treedef = jax.tree.flatten(directions)
         grads = treedef.flatten_up_to(updates)
         results = [_caution_leaf(u, g, rescale) for u, g in zip(leaves, grads, strict=True)]
@@ -121,6 +121,21 @@ def cautious(
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _require_direction(directions: PyTree) -> None:
+    """The wrapped chain must close the moment segment: u is a plain update tree.
+
+    (A validator of this stage's own; ``_validation.require_update_tree`` words it for a
+    stage that is *given* a moment tree.)
+    """
+    if any(is_moments(x) for x in jax.tree.leaves(directions, is_leaf=is_moments)):
+        raise TypeError(
+            "cautious: the chain it wraps returned the moment tree of scale_by_moments "
+            "(Moments records), not a direction u to compare with the gradient. Close the "
+            "moment segment inside the wrapper: cautious(optax.chain(scale_by_moments(...), "
+            "bias_correct(...), scale_by_rsqrt(...)))."
+        )
 
 
 def alignment(u: jax.Array, x: jax.typing.ArrayLike) -> jax.Array:

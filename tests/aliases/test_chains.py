@@ -62,6 +62,8 @@ def expected_chain(alias: str, kw: dict) -> list[tuple[str, type]]:
         return l2 + moments + correct + rsqrt + scale
     if alias == "adafactor":
         return _adafactor_chain(kw)
+    if alias in VARIANT_CHAINS:
+        return VARIANT_CHAINS[alias](kw, moments + correct, rsqrt, decoupled, scale)
     raise AssertionError(f"no expected chain for alias {alias!r}: add it here")
 
 
@@ -87,6 +89,71 @@ def _adafactor_chain(kw: dict) -> list[tuple[str, type]]:
 EMPTY = optax.EmptyState
 
 
+def _optional_decay(kw: dict, default=None) -> list[tuple[str, type]]:
+    """The decoupled decay of an alias whose ``weight_decay=None`` drops the stage."""
+    wd = kw.get("weight_decay", default)
+    return [] if wd is None else [("add_decoupled_weight_decay", decay(wd, kw.get("mask")))]
+
+
+# The modern members (issue 15): (kw, Adam's moment stages, rsqrt, decoupled decay, lr) -> chain.
+# Wrappers show as their state type, the wrapped chain inside it (test_wrapped_chains).
+VARIANT_CHAINS = {
+    "cautious_adamw": lambda kw, adam, rsqrt, decoupled, scale: [
+        ("cautious(moments, bias_correct, rsqrt)", adamx.CautiousState),
+        *decoupled,
+        *scale,
+    ],
+    "stable_adamw": lambda kw, adam, rsqrt, decoupled, scale: [
+        ("clip_by_update_rms(moments, ..., lr)", adamx.ClipByUpdateRmsState)
+    ],
+    "adopt": lambda kw, adam, rsqrt, decoupled, scale: [
+        ("scale_by_adopt", adamx.ScaleByAdoptState),
+        *_optional_decay(kw),
+        *scale,
+    ],
+    "laprop": lambda kw, adam, rsqrt, decoupled, scale: [
+        ("scale_by_laprop", adamx.ScaleByLapropState),
+        *_optional_decay(kw),
+        *scale,
+    ],
+    "ademamix": lambda kw, adam, rsqrt, decoupled, scale: [
+        *adam,
+        ("add_slow_ema", adamx.SlowEmaState),
+        *rsqrt,
+        *_optional_decay(kw, 0.0),
+        *scale,
+    ],
+    "simplified_ademamix": lambda kw, adam, rsqrt, decoupled, scale: [
+        ("scale_by_simplified_ademamix", adamx.ScaleBySimplifiedAdemamixState),
+        *_optional_decay(kw, 0.0),
+        *scale,
+    ],
+}
+WRAPPED = {
+    # alias -> (the wrapper's state, the stage states of the chain it wraps)
+    "cautious_adamw": (
+        adamx.CautiousState,
+        [adamx.ScaleByMomentsState, adamx.BiasCorrectState, optax.EmptyState],
+    ),
+    "stable_adamw": (
+        adamx.ClipByUpdateRmsState,
+        [adamx.ScaleByMomentsState, adamx.BiasCorrectState, adamx.UpdateRmsState],
+    ),
+}
+
+
+@pytest.mark.parametrize("alias", list(WRAPPED))
+def test_wrapped_chains(alias):
+    """A wrapper's ``inner`` state spells the chain it wraps (stable_adamw: its first stages,
+    then decay and lr)."""
+    kind, stages = WRAPPED[alias]
+    state = getattr(adamx, alias)(1e-3).init(PARAMS)
+    wrapper = state if alias == "stable_adamw" else state[0]
+    assert type(wrapper) is kind
+    got = [type(s) for s in wrapper.inner][: len(stages)]
+    assert got == stages, (alias, got)
+
+
 ALIASES = [name for name, opt in OPTIMIZERS.items() if opt.chain is None]
 
 
@@ -95,6 +162,8 @@ def test_the_init_state_spells_the_chain(name):
     optimizer = OPTIMIZERS[name]
     expected = expected_chain(optimizer.alias, optimizer.kwargs)
     state = optimizer.make(PARAMS).init(PARAMS)
+    if hasattr(state, "_fields"):  # a wrapper around the whole chain (stable_adamw)
+        state = (state,)
     assert isinstance(state, tuple) and len(state) == len(expected), (
         f"{name}: expected the stages {[stage for stage, _ in expected]}, "
         f"got {len(state)} states: {[type(s).__name__ for s in state]}"

@@ -64,7 +64,8 @@ def scale_by_laprop(
 
     The defaults (β1 = 0.9, β2 = 0.999, ε = 1e-15, ε̄ = 0, ε after the correction) are
     those of the authors' code (Z-T-WANG/LaProp-Optimizer) and of the paper's
-    algorithm; ``pytorch_optimizer.LaProp`` is ``eps_root=1e-15, epsilon_hat=True``.
+    algorithm; ``pytorch_optimizer.LaProp`` is ``eps_root=1e-15, epsilon_hat=True``
+    (ε̄ matters where v is tiny: 5e-6 apart in float64 on the repo's small model without it).
     Both weight the momentum by the learning rate; ``learning_rate=α`` (the chain's,
     which ``scale_by_lr`` then applies) does the same:
 
@@ -77,7 +78,9 @@ def scale_by_laprop(
     form (up to rounding); under a schedule, steps taken with a larger α weigh more.
 
     m and v are computed in the promoted dtype of g and their decoded state; the updates
-    keep the gradients' dtype.
+    keep the gradients' dtype. One stage, not the normalisation and a momentum stage
+    chained: ``scale_by_moments`` averages g, not x, and the two halves share one step
+    count and the ``(count, mu, nu)`` state of the family.
 
     Args:
       b1: β1, decay of the momentum of x, in [0, 1).

@@ -29,6 +29,7 @@ def cautious_adamw(
     *,
     rescale: Rescale = "count",
     cautious_weight_decay: bool = False,
+    epsilon_hat: bool = False,
     nu_dtype: jax.typing.DTypeLike | MomentFormat | None = None,
     fully_decoupled: bool = False,
     peak_learning_rate: float | None = None,
@@ -47,8 +48,13 @@ def cautious_adamw(
     with :math:`c_t = 1` (AdamW's decay) or, with ``cautious_weight_decay=True``,
     :math:`c_t = \mathbb{1}[s_t \phi_t \odot u_t \odot \theta_{t-1} \ge 0]` (Chen et al.
     2025: decay only where the update and the weight agree in sign). ``rescale="mean"``
-    uses :math:`s_t = 1/\max(\operatorname{mean}\phi_t, 10^{-3})` (timm) instead of
-    :math:`n/(\sum\phi_t + 1)` (the authors' code, ``pytorch_optimizer``).
+    uses :math:`s_t = 1/\max(\operatorname{mean}\phi_t, 10^{-3})` (timm, and the authors'
+    current ``c_adamw.py``) instead of :math:`n/(\sum\phi_t + 1)` (``pytorch_optimizer``,
+    the authors' first release). The authors' ``c_adamw.py`` also puts ε on the
+    uncorrected root (Hugging Face's AdamW): ``epsilon_hat=True``, :math:`u_t = \hat m_t /
+    (\sqrt{\hat v_t} + \varepsilon/\sqrt{1-\beta_2^t})`; so
+    ``cautious_adamw(lr, eps=1e-6, weight_decay=λ, rescale="mean", epsilon_hat=True)`` is
+    their C-AdamW.
 
     Args:
       learning_rate: α, a number or an optax schedule.
@@ -58,6 +64,7 @@ def cautious_adamw(
       mask: which leaves decay (pytree, callable, ``path_mask``).
       rescale: "count" or "mean", the per-leaf rescale of the kept elements.
       cautious_weight_decay: decay only where :math:`u \odot \theta \ge 0`.
+      epsilon_hat: add ε to the uncorrected root (as :func:`adamx.adamw`'s).
       nu_dtype: storage of v: a float dtype or a moment format (None: the params' dtype).
       fully_decoupled, peak_learning_rate: as in :func:`adamx.adamw`.
 
@@ -86,7 +93,7 @@ def cautious_adamw(
     direction = chain(
         scale_by_moments(b1, b2, mu_dtype, nu_dtype=nu_dtype),
         bias_correct(b1, b2),
-        scale_by_rsqrt(eps, eps_root),
+        scale_by_rsqrt(eps, eps_root, b2=b2 if epsilon_hat else None, epsilon_hat=epsilon_hat),
     )
     return chain(
         cautious(direction, rescale=rescale),

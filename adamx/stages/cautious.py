@@ -52,10 +52,11 @@ def cautious(
         u \leftarrow s \,(u \odot \phi)
 
     per leaf, with :math:`s = n / (\sum\phi + 1)` (``rescale="count"``: the authors'
-    released code, kyleliang919/C-Optim, and ``pytorch_optimizer``'s ``apply_cautious``)
+    first release, kyleliang919/C-Optim, and ``pytorch_optimizer``'s ``apply_cautious``)
     or :math:`s = 1 / \max(\operatorname{mean}\phi, 10^{-3})` (``rescale="mean"``: timm's
-    ``caution=True``; the paper's one-line listing divides by
-    :math:`\operatorname{mean}\phi + \varepsilon` instead). Both keep the update's
+    ``caution=True``, which the authors' ``c_adamw.py`` later adopted; the paper's
+    one-line listing, Algorithm 1, divides by :math:`\operatorname{mean}\phi + \varepsilon`
+    instead). Both keep the update's
     size when most elements agree: with all n kept, "mean" gives s = 1 and "count"
     s = n / (n + 1). g is the tree the wrapper receives (after any stage before it);
     u is compared with it before the learning rate, so wrap the part of the chain
@@ -102,7 +103,8 @@ def cautious(
         rescale,
         _RESCALES,
         'It is the per-tensor rescale of what the mask keeps: "count" n / (Σφ + 1) '
-        '(the authors\' code, pytorch_optimizer), "mean" 1 / max(mean φ, 1e-3) (timm).',
+        '(pytorch_optimizer, the authors\' first release), "mean" 1 / max(mean φ, 1e-3) '
+        "(timm, the authors' current c_adamw.py).",
     )
     inner_tx = optax.with_extra_args_support(tx)
 

@@ -208,3 +208,30 @@ def test_refuses_a_chain_that_leaves_the_moment_segment_open():
 def test_bad_rescale_is_named():
     with pytest.raises(ValueError, match=r"rescale must be one of 'count', 'mean', got 'sum'"):
         adamx.cautious(optax.identity(), rescale="sum")
+
+
+def test_under_zero1_the_statistic_is_of_the_whole_tensor(eight_devices):
+    """zero1 splits the moments over 8 devices; the mask's count is still taken over each
+    whole leaf (a global reduction, exact in int32): the unsharded run's mask and fraction,
+    its updates to an ulp (the sharded program is compiled differently, as zero1(adamw)'s is;
+    a count taken per shard would change s by far more)."""
+    mesh = jax.make_mesh((8,), ("data",))
+    rng = np.random.default_rng(0)
+    params = {"w": jnp.asarray(rng.normal(size=(16, 4)), jnp.float32)}
+    grads = [jax.tree.map(lambda p, i=i: jnp.sin(p * (i + 2)), params) for i in range(4)]
+
+    def run(tx):
+        state = jax.jit(tx.init)(params)
+        out = []
+        for g in grads:
+            updates, state = jax.jit(tx.update)(g, state, params)
+            out.append(updates)
+        return out, state
+
+    plain = run(adamx.cautious_adamw(1e-2))
+    with jax.set_mesh(mesh):
+        sharded = run(adamx.sharding.zero1(adamx.cautious_adamw(1e-2), mesh))
+    chex.assert_trees_all_close(sharded[0], plain[0], rtol=1e-6, atol=1e-8)  # |u| ~ 1e-2
+    assert optax.tree.get(sharded[1], "mu")["w"].sharding.spec[0] == "data"
+    fraction = optax.tree.get(sharded[1], "masked_fraction")
+    assert float(fraction) == float(optax.tree.get(plain[1], "masked_fraction")) > 0

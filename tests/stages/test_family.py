@@ -1,6 +1,8 @@
 """The family's new stage options against closed forms, their conflicts, and the properties
 every alias keeps (no retracing, dtypes, nu_dtype, inject_hyperparams, MultiSteps, extra args)."""
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -8,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 from _promotion import reference, reference_factory, strict
-from registry import aliases
+from registry import OPTIMIZERS, aliases
 
 import adamx
 
@@ -240,7 +242,12 @@ def test_nu_dtype_reaches_every_second_moment(alias):
     }
 
 
-@pytest.mark.parametrize("name", [name for name in aliases() if name not in ("adam", "adamw")])
+# Every alias with an optax reference (optax.contrib's by its dotted name in the registry).
+WITH_OPTAX = [n for n in aliases() if n not in ("adam", "adamw") and OPTIMIZERS[n].optax]
+STATIC = {"adafactor": ("min_dim_size_to_factor", "dtype_momentum"), "adopt": ("clip_value_fn",)}
+
+
+@pytest.mark.parametrize("name", WITH_OPTAX)
 def test_inject_hyperparams_and_multisteps_match_optax(name):
     # Injected hyperparameters are float32 arrays (β2 = 0.999 is then 0.99900001), so compare
     # with optax's alias injected the same way: bit for bit.
@@ -248,9 +255,11 @@ def test_inject_hyperparams_and_multisteps_match_optax(name):
     runs = []
     for lib in (adamx, optax):
         # optax's alias and MultiSteps's own code under the standard promotion rules (_promotion).
-        make = getattr(adamx, name) if lib is adamx else reference_factory(getattr(optax, name))
-        # A dtype argument is callable, so inject_hyperparams would take it for a schedule.
-        static = ("min_dim_size_to_factor", "dtype_momentum") if name == "adafactor" else ()
+        optax_alias = functools.reduce(getattr, OPTIMIZERS[name].optax.split("."), optax)
+        make = getattr(adamx, name) if lib is adamx else reference_factory(optax_alias)
+        # A dtype or function argument is callable: inject_hyperparams would take it for a
+        # schedule.
+        static = STATIC.get(name, ())
         injected = optax.inject_hyperparams(make, static_args=static)(learning_rate=1e-2)
         multi = reference(optax.MultiSteps(strict(make(learning_rate=1e-2)), every_k_schedule=2))
         s_inj, s_multi, updates = injected.init(params), multi.init(params), []

@@ -38,18 +38,21 @@ def decoupled(
     learning_rate: optax.ScalarOrSchedule,
     fully_decoupled: bool,
     peak_learning_rate: float | None,
+    cautious: bool = False,
 ) -> optax.GradientTransformationExtraArgs | None:
     """``add_decoupled_weight_decay`` with an alias's arguments; None (no stage) for None.
 
     The alias's learning rate goes along as the default α̂ of fully decoupled decay;
-    the stage checks the options and names the argument at fault. A decay of 0.0
-    keeps its stage, as ``optax.adamw`` keeps ``add_decayed_weights``.
+    ``cautious`` is the alias's ``cautious_weight_decay``; the stage checks the options and
+    names the argument at fault. A decay of 0.0 keeps its stage, as ``optax.adamw`` keeps
+    ``add_decayed_weights``.
     """
     if weight_decay is None:
-        if fully_decoupled or peak_learning_rate is not None:
+        if fully_decoupled or peak_learning_rate is not None or cautious:
             raise ValueError(
-                "fully_decoupled and peak_learning_rate rescale the decoupled weight decay, "
-                "but weight_decay=None adds none: pass weight_decay=λ, or drop them."
+                "fully_decoupled, peak_learning_rate and cautious_weight_decay shape the "
+                "decoupled weight decay, but weight_decay=None adds none: pass "
+                "weight_decay=λ, or drop them."
             )
         return None
     return add_decoupled_weight_decay(
@@ -58,4 +61,5 @@ def decoupled(
         fully_decoupled=fully_decoupled,
         peak_learning_rate=peak_learning_rate,
         learning_rate=learning_rate,
+        cautious=cautious,
     )

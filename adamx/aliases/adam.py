@@ -6,8 +6,7 @@ import optax
 from .._types import Mask
 from ..formats import MomentFormat
 from ..stages import bias_correct, scale_by_lr, scale_by_moments, scale_by_rsqrt
-from ._parts import chain, l2_penalty
-from .cautious import decoupled_decay
+from ._parts import chain, decoupled, l2_penalty
 
 
 def adam(
@@ -143,7 +142,7 @@ def adamw(
         scale_by_moments(b1, b2, mu_dtype, nu_dtype=nu_dtype),
         bias_correct(b1, b2, nesterov=nesterov),
         scale_by_rsqrt(eps, eps_root, b2=b2 if epsilon_hat else None, epsilon_hat=epsilon_hat),
-        decoupled_decay(
+        decoupled(
             weight_decay,
             mask,
             learning_rate,

@@ -6,7 +6,6 @@ import optax
 from .._types import Mask
 from ..formats import MomentFormat
 from ..stages import (
-    add_decoupled_weight_decay,
     bias_correct,
     cautious,
     scale_by_lr,
@@ -14,7 +13,7 @@ from ..stages import (
     scale_by_rsqrt,
 )
 from ..stages.cautious import Rescale
-from ._parts import chain
+from ._parts import chain, decoupled
 
 
 def cautious_adamw(
@@ -97,7 +96,7 @@ def cautious_adamw(
     )
     return chain(
         cautious(direction, rescale=rescale),
-        decoupled_decay(
+        decoupled(
             weight_decay,
             mask,
             learning_rate,
@@ -106,36 +105,4 @@ def cautious_adamw(
             cautious_weight_decay,
         ),
         scale_by_lr(learning_rate),
-    )
-
-
-def decoupled_decay(
-    weight_decay: optax.ScalarOrSchedule | None,
-    mask: Mask | None,
-    learning_rate: optax.ScalarOrSchedule,
-    fully_decoupled: bool,
-    peak_learning_rate: float | None,
-    cautious_weight_decay: bool,
-) -> optax.GradientTransformationExtraArgs | None:
-    """``add_decoupled_weight_decay`` with an alias's arguments; None (no stage) for None.
-
-    ``_parts.decoupled`` with the ``cautious`` option (cautious weight decay), which that
-    helper does not take; ``adamw(cautious_weight_decay=...)`` uses it too. A decay of 0.0
-    keeps its stage, as ``optax.adamw`` keeps ``add_decayed_weights``.
-    """
-    if weight_decay is None:
-        if fully_decoupled or peak_learning_rate is not None or cautious_weight_decay:
-            raise ValueError(
-                "fully_decoupled, peak_learning_rate and cautious_weight_decay shape the "
-                "decoupled weight decay, but weight_decay=None adds none: pass "
-                "weight_decay=λ, or drop them."
-            )
-        return None
-    return add_decoupled_weight_decay(
-        weight_decay,
-        mask,
-        fully_decoupled=fully_decoupled,
-        peak_learning_rate=peak_learning_rate,
-        learning_rate=learning_rate,
-        cautious=cautious_weight_decay,
     )

@@ -14,6 +14,8 @@ from ._sparse import RowSparse as RowSparse
 from ._sparse import row_sparse as row_sparse
 from ._types import InfNormMoments as InfNormMoments
 from ._types import Moments as Moments
+from ._warmups import half_life_warmup as half_life_warmup
+from ._warmups import linear_warmup as linear_warmup
 from .aliases import adafactor as adafactor
 from .aliases import adam as adam
 from .aliases import adamax as adamax
@@ -154,8 +156,10 @@ __all__ = [
     "clip_by_update_rms",
     "exclude_paths",
     "factored",
+    "half_life_warmup",
     "kahan_summation",
     "laprop",
+    "linear_warmup",
     "monitor",
     "multi_tensor",
     "nadam",

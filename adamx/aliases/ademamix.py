@@ -1,14 +1,10 @@
 """AdEMAMix and simplified AdEMAMix, each a chain of the stages (signatures mirror
 ``optax.contrib.ademamix`` / ``simplified_ademamix``)."""
 
-import math
-
 import jax
-import jax.numpy as jnp
 import optax
 
 from .._types import Mask
-from .._validation import check_beta, check_positive_number, check_size
 from ..formats import MomentFormat
 from ..stages import (
     add_slow_ema,
@@ -78,7 +74,7 @@ def ademamix(
 
     Example:
       >>> import adamx
-      >>> from adamx.aliases.ademamix import half_life_warmup, linear_warmup
+      >>> from adamx import half_life_warmup, linear_warmup
       >>> T = 100_000  # the paper's T_{α,β3}: α and β3 warmed up over the whole run
       >>> tx = adamx.ademamix(
       ...     1e-3, b3=half_life_warmup(0.9, 0.9999, T), alpha=linear_warmup(8.0, T),
@@ -154,51 +150,3 @@ def simplified_ademamix(
         decoupled(weight_decay, mask, learning_rate, fully_decoupled, peak_learning_rate),
         scale_by_lr(learning_rate),
     )
-
-
-def linear_warmup(end: float, steps: int) -> optax.Schedule:
-    r"""α_t = min(t·α/T, α) at step t = count + 1: AdEMAMix's α warm-up ``T_{α,β3}``.
-
-    .. math::
-        \alpha_t = \min\left(\frac{t}{T}\alpha, \alpha\right)
-
-    The step is 1-based, as in the paper's code and ``pytorch_optimizer.AdEMAMix``
-    (``optax.linear_schedule(0, α, T)`` starts at 0 instead). Pass it as ``alpha``.
-    """
-    _check_steps(steps)
-
-    def schedule(count: jax.Array) -> jax.Array:
-        t = (count + 1).astype(float)
-        return jnp.minimum(t * end / steps, end)
-
-    return schedule
-
-
-def half_life_warmup(start: float, end: float, steps: int) -> optax.Schedule:
-    r"""β_t from ``start`` to ``end`` over T steps, linear in the half-life 1/ln β.
-
-    .. math::
-        \beta_t = \min\left(\exp\frac{\ln\beta_s \ln\beta_e}
-        {(1 - t/T)\ln\beta_e + (t/T)\ln\beta_s}, \beta_e\right),
-        \qquad t = \text{count} + 1
-
-    AdEMAMix's β3 warm-up (``start=b1, end=b3``: ``pytorch_optimizer.AdEMAMix``'s
-    ``t_alpha_beta3``) and simplified AdEMAMix's β1 warm-up (the authors' code adds 1e-8
-    to β inside the log, which moves β_t by ~1e-8). Pass it as ``b3`` (or ``b1``).
-    """
-    _check_steps(steps)
-    check_beta("start", start)
-    check_beta("end", end)
-    check_positive_number("start", start, "the warm-up is linear in 1/ln β, so β > 0.")
-    log_start, log_end = math.log(start), math.log(end)
-
-    def schedule(count: jax.Array) -> jax.Array:
-        a = (count + 1).astype(float) / steps
-        beta = jnp.exp(log_start * log_end / ((1.0 - a) * log_end + a * log_start))
-        return jnp.minimum(beta, end)
-
-    return schedule
-
-
-def _check_steps(steps: int) -> None:
-    check_size("steps", steps, minimum=1, what="the warm-up length T")

@@ -1,6 +1,6 @@
 """AdEMAMix and simplified AdEMAMix against pytorch_optimizer (4.1.0, the test extra's pin).
 
-Its ``t_alpha_beta3`` warm-ups are the schedules ``adamx.aliases.ademamix.linear_warmup`` /
+Its ``t_alpha_beta3`` warm-ups are the schedules ``adamx.linear_warmup`` /
 ``half_life_warmup``; its coupled (default), decoupled and fixed weight decays are adamx
 stages. Its SimplifiedAdEMAMix is not optax's: m is an EMA (``lerp``, with 1 - β1) and the step
 is divided once more by 1 - β2^t, so it is written as a chain of adamx stages
@@ -19,7 +19,7 @@ from _family_tolerance import assert_f64_equal, assert_within_rounding
 from _streams import make_params
 
 import adamx
-from adamx.aliases.ademamix import half_life_warmup, linear_warmup
+from adamx import half_life_warmup, linear_warmup
 
 T = 300  # warm-up length: inside the 500 steps, so both phases run
 

@@ -18,7 +18,7 @@ from _family_refs import gradient_stack, run_adamx_stream
 from _streams import make_params
 
 import adamx
-from adamx.aliases.ademamix import half_life_warmup, linear_warmup
+from adamx import half_life_warmup, linear_warmup
 
 STEPS = 200
 

@@ -102,9 +102,7 @@ def _decayed(u: jax.Array, theta: jax.Array, decay: jax.typing.ArrayLike) -> jax
     return jnp.add(*promote(u, jnp.multiply(*promote(decay, theta)))).astype(u.dtype)
 
 
-def _cautiously_decayed(
-    u: jax.Array, theta: jax.Array, decay: jax.typing.ArrayLike
-) -> jax.Array:
+def _cautiously_decayed(u: jax.Array, theta: jax.Array, decay: jax.typing.ArrayLike) -> jax.Array:
     """u + 𝟙[u·θ >= 0]·λ·θ (Chen et al. 2025); elsewhere exactly u."""
     return jnp.where(alignment(u, theta) >= 0, _decayed(u, theta, decay), u)
 

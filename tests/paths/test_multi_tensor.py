@@ -18,6 +18,7 @@ from _paths import assert_path_matches
 from _promotion import reference
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 from registry import OPTIMIZERS, aliases, matrices
+from registry.variants import PER_TENSOR
 
 import adamx
 
@@ -60,11 +61,12 @@ def run(tx, params, steps: int = STEPS):
 
 # Every alias of the registry with its plain arguments, and two of its variants: a schedule with
 # Nesterov momentum and a callable mask, a bfloat16 m.
-# (adafactor reads whole leaves: refused on buckets, registry rule per_tensor_rms_in_buckets.)
+# (adafactor, cautious_adamw and stable_adamw read whole leaves: refused on buckets, registry rule
+# per_tensor_stage_in_buckets.)
 CHAINS = {
     name: OPTIMIZERS[name].make
     for name in [*aliases(), "adamw_schedule_mask", "adam_mu_bf16"]
-    if name != "adafactor"
+    if name != "adafactor" and name not in PER_TENSOR
 }
 
 

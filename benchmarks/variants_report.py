@@ -4,7 +4,6 @@ import textwrap
 from pathlib import Path
 
 import matplotlib
-import matplotlib.ticker
 import numpy as np
 from low_memory import smooth
 
@@ -13,7 +12,7 @@ import matplotlib.pyplot as plt
 
 MARKERS = ("<!-- variants:begin -->", "<!-- variants:end -->")
 SPLITS = (("mlp", "train", "MLP train"), ("mlp", "test", "MLP test"), ("lm", "test", "LM held-out"))
-SYMLOG_TICKS = (-100, -50, -20, -10, -5, 0, 5, 10, 20, 50, 100, 200, 500, 1000, 10000)
+OFF_SCALE = 100  # %: a larger Δ is drawn at the panel's edge
 ARROW = {"lower": " ▼", "higher": " ▲", "not resolved": ""}
 
 
@@ -29,7 +28,7 @@ def _delta(s: dict, name: str) -> str:
         return "(reference)"
     if s["non_finite"] or not np.isfinite(d["mean"]):
         return "-"
-    return f"{d['mean'] * 100:+.1f} ± {d['se'] * 100:.1f}%{ARROW[s['vs_adamw']]}"
+    return f"{_pct(d['mean'] * 100)[:-1]} ± {_pct(d['se'] * 100)[1:]}{ARROW[s['vs_adamw']]}"
 
 
 def _head(result: dict) -> str:
@@ -92,28 +91,44 @@ def write_section(path: Path, text: str) -> bool:
     return True
 
 
+def _pct(x: float) -> str:
+    """A percentage, signed: two decimals under 1%, one under 1000%, else two digits."""
+    return f"{x:+.2f}%" if abs(x) < 1 else f"{x:+.1f}%" if abs(x) < 1000 else f"{x:+.2g}%"
+
+
+def _delta_panel(ax: plt.Axes, diffs: list[dict], names: list[str], label: str) -> None:
+    """Δ ± 2 SE per variant; a variant off by more than OFF_SCALE is drawn as an arrow at
+    the edge with its value, so that it does not squash the others."""
+    mean = np.array([d["mean"] for d in diffs]) * 100
+    err = np.array([2 * d["se"] for d in diffs]) * 100
+    shown = np.isfinite(mean) & (np.abs(mean) <= OFF_SCALE)
+    lo = min(0.0, np.min(mean[shown] - err[shown], initial=0.0))
+    hi = max(0.0, np.max(mean[shown] + err[shown], initial=0.0))
+    pad = 0.15 * (hi - lo) + 0.5
+    ys = np.arange(len(names))
+    ax.errorbar(mean[shown], ys[shown], xerr=err[shown], fmt="o", capsize=3)
+    for y, m, ok in zip(ys, mean, shown, strict=True):
+        edge = hi + pad if m > 0 else lo - pad
+        if not ok and np.isfinite(m):
+            ax.plot(edge, y, ">" if m > 0 else "<", color="C3")
+        ax.annotate(_pct(m) + ("" if ok else " (off scale)"), (m if ok else edge, y),
+                    xytext=(-60 if not ok and m > 0 else 4, 5), textcoords="offset points",
+                    fontsize=7)  # fmt: skip
+    ax.set_xlim(lo - 1.3 * pad, hi + 1.3 * pad)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set(title=f"{label}: final loss Δ vs AdamW (± 2 SE)", xlabel="Δ (%)")
+    ax.grid(alpha=0.3)
+
+
 def plot(result: dict, curves: dict, path: Path) -> None:
     """Top: each split's paired Δ vs AdamW (± 2 SE) per variant; bottom: training losses."""
     fig, axes = plt.subplots(2, 3, figsize=(18, 9))
     names = list(result["summary"]["mlp"])
     for ax, (task, split, label) in zip(axes[0], SPLITS, strict=True):
-        d = [result["summary"][task][n][split]["rel_diff"] for n in names]
-        mean = np.array([x["mean"] for x in d]) * 100
-        ax.errorbar(mean, range(len(names)), xerr=[2 * x["se"] * 100 for x in d], fmt="o",
-                    capsize=3)  # fmt: skip
-        for y, m in enumerate(mean):
-            ax.annotate(f"{m:+.1f}%", (m, y), xytext=(4, 5), textcoords="offset points",
-                        fontsize=7)  # fmt: skip
-        if np.nanmax(np.abs(mean), initial=0) > 50:  # a variant far off: log beyond ±10%
-            ax.set_xscale("symlog", linthresh=10)
-            lo, hi = ax.get_xlim()
-            ax.set_xticks([t for t in SYMLOG_TICKS if lo <= t <= hi])
-            ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-        ax.axvline(0, color="k", lw=0.8)
+        diffs = [result["summary"][task][n][split]["rel_diff"] for n in names]
+        _delta_panel(ax, diffs, names, label)
         ax.set_yticks(range(len(names)), names if ax is axes[0][0] else [""] * len(names))
-        ax.set(title=f"{label}: final loss Δ vs AdamW (± 2 SE)", xlabel="Δ (%)")
         ax.invert_yaxis()
-        ax.grid(alpha=0.3)
     k = 5 if result["quick"] else 25
     for ax, task in zip(axes[1], ("mlp", "lm"), strict=False):
         for name, losses in curves[task].items():

@@ -2,7 +2,7 @@
 
 One command::
 
-    python benchmarks/variants.py            # full run (~10 min on 2 shared CPU cores)
+    python benchmarks/variants.py            # full run (3.5-5 min on 2 shared CPU cores)
     python benchmarks/variants.py --quick    # 120 / 30 steps, 2 seeds: a smoke test (~1 min)
     python benchmarks/variants.py --table --write-readme   # the table into benchmarks/README.md
 

@@ -57,9 +57,9 @@ def _head(result: dict) -> str:
 
 def tables(result: dict) -> str:
     """The results table, then every variant's chain as run."""
-    lines = [_head(result), "", "| variant | " + " | ".join(
-        f"{label} loss | {label} Δ" for _, _, label in SPLITS) + " | s per run (MLP, LM) |",
-        "|---|" + "---|---|" * len(SPLITS) + "---|"]  # fmt: skip
+    columns = " | ".join(f"{label} loss | {label} Δ" for _, _, label in SPLITS)
+    lines = [_head(result), "", f"| variant | {columns} | s per run, MLP / LM (no compile) |",
+             "|---|" + "---|---|" * len(SPLITS) + "---|"]  # fmt: skip
     summary, secs = result["summary"], result["seconds_per_run"]
     for name in summary["mlp"]:
         cells = [
@@ -67,7 +67,7 @@ def tables(result: dict) -> str:
             for task, split, _ in SPLITS
         ]
         lines.append(f"| `{name}` | {' | '.join(cells)} | "
-                     f"{secs['mlp'][name]:.2f}, {secs['lm'][name]:.2f} |")  # fmt: skip
+                     f"{secs['mlp'][name]:.2f} / {secs['lm'][name]:.2f} |")  # fmt: skip
     lines += [
         "",
         "| variant | as run (lr: the schedule, wd: the task's weight decay) |",

@@ -29,7 +29,7 @@ MARKERS = {
     "matrix_each": "every value of every matrix axis at least once, run by default",
     "matrix_pairwise": "every pair of the matrix's axis values: -m matrix_pairwise",
     "matrix_ci": "every format x path x host of the matrix for CI's optimizers: -m matrix_ci",
-    "benchmark_smoke": "benchmarks/gpu.py --quick on CPU (about a minute): -m benchmark_smoke",
+    "benchmark_smoke": "the benchmarks' --quick runs on CPU (gpu, low_memory, variants)",
     "slow": "long reference streams and exhaustive sweeps, kept out of the default run: -m slow",
 }
 # Markers whose tests run only when a -m expression names them (.ci/run does).

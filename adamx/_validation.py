@@ -13,6 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from ._types import PyTree, is_moments
 
@@ -122,6 +123,34 @@ def check_non_negative(name: str, value: Any) -> None:
         )
     if is_concrete_number(value) and not (math.isfinite(value) and value >= 0):
         raise ValueError(f"{name} must be a finite number >= 0, got {value}.")
+
+
+def check_beta_or_schedule(name: str, value: Any) -> None:
+    """A decay rate in [0, 1) (``check_beta``), or a schedule ``count -> rate``."""
+    if not callable(value):
+        check_beta(name, value)
+
+
+def check_non_negative_or_schedule(name: str, value: Any) -> None:
+    """A number >= 0 (``check_non_negative``), or a schedule ``count -> value``."""
+    if not callable(value):
+        check_non_negative(name, value)
+
+
+def check_callable(name: str, value: Any, what: str, hint: str = "") -> None:
+    """``value`` must be callable (``what`` says which function); ``hint`` ends the message."""
+    if not callable(value):
+        message = f"{name} must be {what}, got {value!r} ({type(value).__name__}). {hint}"
+        raise TypeError(message.rstrip())
+
+
+def check_transformation(name: str, value: Any, what: str) -> None:
+    """A wrapper's argument must be an optax transformation (``what``: which chain)."""
+    if not isinstance(value, optax.GradientTransformation):
+        raise TypeError(
+            f"{name} must be an optax.GradientTransformation ({what}), got {value!r} "
+            f"({type(value).__name__})."
+        )
 
 
 def check_scalar_or_schedule(name: str, value: Any) -> None:

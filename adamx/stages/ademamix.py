@@ -12,8 +12,10 @@ from .._types import PyTree, as_arrays, is_moments, map_moments, promote, promot
 from .._validation import (
     _keystr,
     check_beta,
+    check_beta_or_schedule,
     check_float_leaves,
     check_non_negative,
+    check_non_negative_or_schedule,
     require_moment_tree,
     require_update_tree,
 )
@@ -79,8 +81,8 @@ def add_slow_ema(
       Pagliardini, Ablin & Grangier, "The AdEMAMix Optimizer: Better, Faster, Older",
       arXiv:2409.03137, algorithm 1.
     """
-    _check_beta_or_schedule("b3", b3)
-    _check_non_negative_or_schedule("alpha", alpha)
+    check_beta_or_schedule("b3", b3)
+    check_non_negative_or_schedule("alpha", alpha)
     fmt = as_format(mu_dtype, "mu")
 
     def init_fn(params):
@@ -164,9 +166,9 @@ def scale_by_simplified_ademamix(
       Morwani, Vyas, Ye, Kakade et al., "Connections between Schedule-Free Optimizers,
       AdEMAMix, and Accelerated SGD Variants", arXiv:2502.02431.
     """
-    _check_beta_or_schedule("b1", b1)
+    check_beta_or_schedule("b1", b1)
     check_beta("b2", b2)
-    _check_non_negative_or_schedule("alpha", alpha)
+    check_non_negative_or_schedule("alpha", alpha)
     check_non_negative("eps", eps)
     check_non_negative("eps_root", eps_root)
     mu_format, nu_format = as_format(mu_dtype, "mu"), as_format(nu_dtype, "nu")
@@ -242,11 +244,3 @@ def _own_stream(fmt: MomentFormat, m2: PyTree) -> PyTree:
 
 
 # Belong in _validation.py (check_beta / check_non_negative that accept a schedule).
-def _check_beta_or_schedule(name: str, value: optax.ScalarOrSchedule) -> None:
-    if not callable(value):
-        check_beta(name, value)
-
-
-def _check_non_negative_or_schedule(name: str, value: optax.ScalarOrSchedule) -> None:
-    if not callable(value):
-        check_non_negative(name, value)

@@ -10,6 +10,7 @@ import optax
 from .._types import PyTree, as_arrays, promote, promoted_dtype
 from .._validation import (
     check_beta,
+    check_callable,
     check_flag,
     check_float_leaves,
     check_non_negative,
@@ -182,11 +183,3 @@ def _check_options(b1, b2, eps, nesterov, use_clipping, clip_value_fn) -> None:
         "Under optax.inject_hyperparams, pass static_args=('clip_value_fn',): it takes a "
         "callable for a schedule and passes its value.",
     )
-
-
-def check_callable(name: str, value: object, what: str, hint: str = "") -> None:
-    """``value`` must be callable; ``hint`` completes the message (belongs in
-    ``adamx._validation``)."""
-    if not callable(value):
-        message = f"{name} must be {what}, got {value!r} ({type(value).__name__}). {hint}"
-        raise TypeError(message.rstrip())

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import optax
 
 from .._types import PyTree, is_moments, promote, promoted_dtype
-from .._validation import check_choice
+from .._validation import check_choice, check_transformation
 from ._whole_leaf import refuse_buckets, whole_leaf_state
 
 Rescale = Literal["count", "mean"]
@@ -106,6 +106,7 @@ def cautious(
         '(pytorch_optimizer, the authors\' first release), "mean" 1 / max(mean φ, 1e-3) '
         "(timm, the authors' current c_adamw.py).",
     )
+    check_transformation("tx", tx, "the chain that produces the direction u")
     inner_tx = optax.with_extra_args_support(tx)
 
     def init_fn(params: optax.Params) -> CautiousState:

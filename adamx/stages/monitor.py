@@ -38,7 +38,7 @@ import optax
 
 from .._sparse import is_row_sparse
 from .._types import PyTree, promote, promoted_dtype, without_variables
-from .._validation import flatten_like_updates, require_params
+from .._validation import check_transformation, flatten_like_updates, require_params
 from ._whole_leaf import refuse_buckets, whole_leaf_state
 from .cautious import CautiousState
 from .update_rms import ClipByUpdateRmsState, UpdateRmsState
@@ -121,6 +121,7 @@ def monitor(
       >>> float(optax.tree.get(state, "effective_lr")), float(optax.tree.get(state, "update_rms"))
       (0.5, 0.5)
     """
+    check_transformation("tx", tx, "the optimizer to monitor")
     tx = optax.with_extra_args_support(tx)
 
     def init_fn(params):

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import optax
 
 from .._types import InfNormMoments, Moments, PyTree, map_moments, promote, promoted_dtype
-from .._validation import check_non_negative, require_moment_tree
+from .._validation import check_non_negative, check_transformation, require_moment_tree
 from ._whole_leaf import refuse_buckets, whole_leaf_state
 
 _STAGE = "update_rms"
@@ -170,7 +170,7 @@ def clip_by_update_rms(tx: optax.GradientTransformation) -> optax.GradientTransf
     References:
       Wortsman et al., arXiv:2304.13013, Algorithm 2.
     """
-    _check_transformation("tx", tx)
+    check_transformation("tx", tx, "the chain to clip, holding one update_rms stage")
     tx = optax.with_extra_args_support(tx)
 
     def init_fn(params: optax.Params) -> ClipByUpdateRmsState:
@@ -198,15 +198,6 @@ def _divide(u: jax.Array, rms: jax.Array) -> jax.Array:
     """u / max(1, RMS), in their promoted dtype, returned in u's dtype."""
     scale = jnp.maximum(jnp.ones([], rms.dtype), rms)
     return jnp.divide(*promote(u, scale)).astype(u.dtype)
-
-
-def _check_transformation(name: str, value: object) -> None:
-    """A wrapper's argument must be an optax transformation (belongs in _validation.py)."""
-    if not isinstance(value, optax.GradientTransformation):
-        raise TypeError(
-            f"{name} must be an optax.GradientTransformation (the chain to clip, holding one "
-            f"update_rms stage), got {value!r}."
-        )
 
 
 def _the_record(inner: optax.OptState) -> UpdateRmsState:

@@ -20,6 +20,7 @@ plain arrays; a leaf's original shape is read from the gradient at update time.
 """
 
 import warnings
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -134,6 +135,31 @@ def write_moment(
     """The new state of a moment from its per-leaf stored values (``read_moment``'s inverse)."""
     config = stored.config if isinstance(stored, MomentRecord) else None
     return _assemble(fmt, treedef, rows, key, config)
+
+
+def update_moments(
+    stage: str,
+    mu_format: MomentFormat,
+    nu_format: MomentFormat,
+    updates: PyTree,
+    stored_mu: PyTree,
+    stored_nu: PyTree,
+    leaf: Callable[..., tuple],
+) -> tuple[PyTree, PyTree, PyTree]:
+    """A stage's step over two stored moments: ``(output tree, new mu, new nu)``.
+
+    Reads both moments through their formats (``read_moment``), calls
+    ``leaf(path, g, mu_stored, nu_stored, mu_key, nu_key) -> (output, mu_row, nu_row)`` on
+    each leaf (it decodes, computes and encodes), and writes both back (``write_moment``).
+    """
+    paths_and_grads, treedef = jax.tree_util.tree_flatten_with_path(updates)
+    mus, mu_keys, mu_next = read_moment(stage, mu_format, "mu", updates, stored_mu)
+    nus, nu_keys, nu_next = read_moment(stage, nu_format, "nu", updates, stored_nu)
+    leaves = zip(paths_and_grads, mus, nus, mu_keys, nu_keys, strict=True)
+    rows = [leaf(path, g, *rest) for (path, g), *rest in leaves]
+    mu = write_moment(mu_format, treedef, [row[1] for row in rows], mu_next, stored_mu)
+    nu = write_moment(nu_format, treedef, [row[2] for row in rows], nu_next, stored_nu)
+    return treedef.unflatten([row[0] for row in rows]), mu, nu
 
 
 def _assemble(

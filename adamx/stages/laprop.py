@@ -18,7 +18,7 @@ from .._validation import (
     require_update_tree,
 )
 from ..formats import MomentFormat
-from ..formats.base import as_format, init_moment, read_moment, write_moment
+from ..formats.base import as_format, init_moment, update_moments
 from .moments import first_moment, second_moment
 
 _STAGE = "scale_by_laprop"
@@ -151,14 +151,15 @@ def scale_by_laprop(
             alpha = _rate(learning_rate, state.count)
             lr_ema = correction1 = ema(alpha, state.lr_ema, b1)
         corrections = (correction1, 1 - decay_power(b2, count), alpha)
-        paths_and_grads, treedef = jax.tree_util.tree_flatten_with_path(updates)
-        mus, mu_keys, mu_next = read_moment(_STAGE, mu_format, "mu", updates, state.mu)
-        nus, nu_keys, nu_next = read_moment(_STAGE, nu_format, "nu", updates, state.nu)
-        leaves = zip(paths_and_grads, mus, nus, mu_keys, nu_keys, strict=True)
-        rows = [update_leaf(p, g, *rest, corrections) for (p, g), *rest in leaves]
-        mu = write_moment(mu_format, treedef, [row[1] for row in rows], mu_next, state.mu)
-        nu = write_moment(nu_format, treedef, [row[2] for row in rows], nu_next, state.nu)
-        new_updates = treedef.unflatten([row[0] for row in rows])
+        new_updates, mu, nu = update_moments(
+            _STAGE,
+            mu_format,
+            nu_format,
+            updates,
+            state.mu,
+            state.nu,
+            lambda *stored: update_leaf(*stored, corrections),
+        )
         return new_updates, ScaleByLapropState(count=count, mu=mu, nu=nu, lr_ema=lr_ema)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -19,7 +19,7 @@ from .._validation import (
     require_update_tree,
 )
 from ..formats import MomentFormat
-from ..formats.base import as_format, init_moment, read_moment, write_moment
+from ..formats.base import as_format, init_moment, update_moments
 from ._deprecation import renamed_keyword
 
 _STAGE = "scale_by_moments"
@@ -129,14 +129,13 @@ def scale_by_moments(
         require_update_tree(_STAGE, updates)
         updates = as_arrays(updates)
         check_float_leaves(_STAGE, "gradient", updates)
-        paths_and_grads, treedef = jax.tree_util.tree_flatten_with_path(updates)
-        mus, mu_keys, mu_next = read_moment(_STAGE, mu_format, "mu", updates, state.mu)
-        nus, nu_keys, nu_next = read_moment(_STAGE, nu_format, "nu", updates, state.nu)
-        leaves = zip(paths_and_grads, mus, nus, mu_keys, nu_keys, strict=True)
-        rows = [update_leaf(p, g, *rest, skipped.get(_keystr(p))) for (p, g), *rest in leaves]
-        moments = treedef.unflatten([row[0] for row in rows])
-        mu = write_moment(mu_format, treedef, [row[1] for row in rows], mu_next, state.mu)
-        nu = write_moment(nu_format, treedef, [row[2] for row in rows], nu_next, state.nu)
+
+        def leaf(path, *stored):
+            return update_leaf(path, *stored, skipped.get(_keystr(path)))
+
+        moments, mu, nu = update_moments(
+            _STAGE, mu_format, nu_format, updates, state.mu, state.nu, leaf
+        )
         return moments, ScaleByMomentsState(mu=mu, nu=nu)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

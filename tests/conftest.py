@@ -31,9 +31,11 @@ MARKERS = {
     "matrix_ci": "every format x path x host of the matrix for CI's optimizers: -m matrix_ci",
     "benchmark_smoke": "the benchmarks' --quick runs on CPU (gpu, low_memory, variants)",
     "slow": "long reference streams and exhaustive sweeps, kept out of the default run: -m slow",
+    "docs_site": "the documentation site built (warnings are errors) and rendered in headless "
+    "Chromium: -m docs_site (needs the docs extra and chromium)",
 }
 # Markers whose tests run only when a -m expression names them (.ci/run does).
-OPT_IN = ("matrix_", "benchmark_smoke", "slow")
+OPT_IN = ("matrix_", "benchmark_smoke", "slow", "docs_site")
 
 
 @pytest.fixture(scope="session")
@@ -55,8 +57,8 @@ def pytest_configure(config):
 
 def pytest_collection_modifyitems(config, items):
     """Deselect the opt-in tests (the matrix cells outside the default layer, matrix_each, the
-    benchmark smoke run, the slow tests) unless the ``-m`` expression names them: then
-    ``-m`` alone selects, e.g. ``-m matrix_ci``."""
+    benchmark smoke run, the slow tests, the docs site) unless the ``-m`` expression names them:
+    then ``-m`` alone selects, e.g. ``-m matrix_ci``."""
     if any(name in (config.getoption("markexpr") or "") for name in OPT_IN):
         return
     kept, dropped = [], []
@@ -64,7 +66,9 @@ def pytest_collection_modifyitems(config, items):
         extra = item.get_closest_marker("matrix_full") and not item.get_closest_marker(
             "matrix_each"
         )
-        extra = extra or any(item.get_closest_marker(m) for m in ("benchmark_smoke", "slow"))
+        extra = extra or any(
+            item.get_closest_marker(m) for m in ("benchmark_smoke", "slow", "docs_site")
+        )
         (dropped if extra else kept).append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)

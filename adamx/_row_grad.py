@@ -80,12 +80,14 @@ def value_and_row_grad(
     ``self.embed[ids]`` work (their path ends in ``/value``).
 
     Raises:
-      ValueError / TypeError: a path of ``rows`` that is not a leaf of the params (the
-        message lists them), ids that are not integers, or, when the ids are concrete,
-        ids outside ``[0, num_rows)``, more distinct ids than ``size``, and a read in
-        ``fun`` of a row that ``rows`` did not list. Under ``jit`` the ids cannot be
-        checked: such a read gives NaN rows (an out-of-range id or a row beyond ``size``
-        is dropped from the gradient), never a wrong row.
+      ValueError: a path of ``rows`` that is not a leaf of the params (the
+        message lists them), or, when the ids are concrete, ids outside
+        ``[0, num_rows)``, more distinct ids than ``size``, and a read in ``fun`` of a
+        row that ``rows`` did not list. Under ``jit`` the ids cannot be checked: such a
+        read gives NaN rows (an out-of-range id or a row beyond ``size`` is dropped
+        from the gradient), never a wrong row.
+      TypeError: ``fun`` or ``rows`` that is not a callable, ids that are not integers,
+        or a table used other than by indexing with ids (see above).
 
     Example:
       >>> import adamx, jax, jax.numpy as jnp

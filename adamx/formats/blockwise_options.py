@@ -22,7 +22,7 @@ def blockwise_8bit(
         \tilde x_i = q_{c_i} \, s_b, \qquad c_i = \operatorname{round}_q(x_i / s_b)
 
     The default ``qmap="float"`` is a small float: for y = x/s in [-1, 1] the code
-    keeps the float32 bits of |y| rounded to M fraction bits (E4M3 plus a sign
+    keeps the float32 bits of :math:`|y|` rounded to M fraction bits (E4M3 plus a sign
     for m; E4M4 for v), 1.0 being the top code:
 
     .. math::
@@ -160,8 +160,8 @@ def blockwise(
     AdamW: 0.5 + 4/128 = 0.53 bytes/param). A 4-bit map has 16 codes: signed, 0, ±7
     values and NaN; unsigned, 0, 13 values, +inf and NaN (the 8-bit maps' NaN/+inf
     isolation holds). On float maps the 4-bit block scale is the block's largest
-    finite |x| (8 bits: the power of two above it), so 1.0 is used; from the
-    smallest value q_min up, the error is at most half a step, 2^-(M+1) |x|.
+    finite :math:`|x|` (8 bits: the power of two above it), so 1.0 is used; from the
+    smallest value q_min up, the error is at most half a step, :math:`2^{-(M+1)} |x|`.
 
     The defaults were measured (``benchmarks/maps_4bit.py``, results in
     ``benchmarks/results/maps_4bit.json``: Adam's moments of the digits MLP, and its

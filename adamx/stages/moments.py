@@ -76,7 +76,7 @@ def scale_by_moments(
         parameters' dtype (as ``optax.adam``'s ``mu_dtype``).
       nu_dtype: storage of v, likewise.
       infinity_norm: track u_t (AdaMax) instead of v_t.
-      eps: ε, added to |g| inside the max (where ``optax.adamax`` and
+      eps: ε, added to :math:`|g|` inside the max (where ``optax.adamax`` and
         ``torch.optim.Adamax`` put their eps; Keras adds eps after the max,
         which is ``scale_by_rsqrt``'s eps). Needs ``infinity_norm=True``.
       eps_inf: deprecated name of ``eps`` (warns; removed in the next release).

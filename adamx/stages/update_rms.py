@@ -67,7 +67,7 @@ def update_rms(eps: float | jax.Array = 1e-6) -> optax.GradientTransformationExt
     corrected second moment) and before ``scale_by_rsqrt``. It hands the moment records on
     unchanged and keeps RMS_t (before the max with 1) in its state, where
     :func:`clip_by_update_rms` (and ``adamx.monitor``) read it. Computed in float32 at least
-    (float64 for float64 leaves), whatever the leaf's dtype; |g|² for complex g.
+    (float64 for float64 leaves), whatever the leaf's dtype; :math:`|g|^2` for complex g.
 
     Args:
       eps: ε; v̂ is floored at ε² inside the RMS (both references use the eps of their

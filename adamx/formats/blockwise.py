@@ -37,7 +37,7 @@ class QuantizedMoment(MomentRecord):
       codes: per leaf, uint8 ``(*lead, n_blocks, block)``: indices into the map (4 bits:
         ``(*lead, n_blocks, ceil(block / 2))``, two a byte); or the float32 moment itself
         for a leaf below ``min_size``.
-      scales: per leaf, float32 ``(*lead, n_blocks)``: each block's max |x|
+      scales: per leaf, float32 ``(*lead, n_blocks)``: each block's max :math:`|x|`
         (dynamic and linear maps) or the power of two just above it (float maps);
         None for a float32 leaf.
       key: uint32[2] raw PRNG key data of stochastic rounding, split at every

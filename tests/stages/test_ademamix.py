@@ -4,8 +4,6 @@ catch-up, and the authors' simplified AdEMAMix (with its β1 warm-up) written in
 Parity with optax.contrib and pytorch_optimizer: tests/aliases/test_parity_ademamix.py.
 """
 
-import doctest
-import importlib
 import math
 
 import chex
@@ -307,9 +305,3 @@ def test_simplified_matches_the_authors_code_with_beta1_warmup():
                 np.asarray(g), np.asarray(p), 1e-4, 0.99, 0.95, 2.0, 1e-8, 100, 0.9
             )
             np.testing.assert_allclose(np.asarray(leaf), expected, rtol=0, atol=1e-10)
-
-
-@pytest.mark.parametrize("module", ["adamx.stages.ademamix", "adamx.aliases.ademamix"])
-def test_docstring_examples_run(module):
-    result = doctest.testmod(importlib.import_module(module))
-    assert result.failed == 0 and result.attempted > 0

@@ -78,14 +78,6 @@ def test_bad_arguments_are_named(make, arg):
         make(-1.0)
 
 
-def test_docstring_examples_run():
-    import doctest
-    import importlib
-
-    result = doctest.testmod(importlib.import_module("adamx.stages.block_rms"))
-    assert result.failed == 0 and result.attempted >= 3, result
-
-
 def test_mixed_dtypes_are_promoted_as_optax_under_standard_promotion():
     """A float32 update on bfloat16 params (optax's float32 momentum) and an array threshold:
     strict-clean here, optax's bits under the standard rules."""

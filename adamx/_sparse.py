@@ -139,6 +139,18 @@ def row_sparse(
       ValueError: a shape that does not fit, or (when the indices are concrete) an index
         outside ``[0, num_rows]`` or more distinct rows than ``size``. Under ``jit`` such
         indices cannot be checked: they are treated as padding (their values are ignored).
+
+    Example:
+      >>> import adamx, jax.numpy as jnp
+      >>> g = adamx.row_sparse(jnp.array([3, 0, 3]), jnp.ones((3, 2)), num_rows=5)
+      >>> g.indices  # sorted, duplicates summed, padded with num_rows
+      Array([0, 3, 5], dtype=int32)
+      >>> jnp.zeros((5, 2)) + g  # adds the rows in place
+      Array([[1., 1.],
+             [0., 0.],
+             [0., 0.],
+             [2., 2.],
+             [0., 0.]], dtype=float32)
     """
     if isinstance(num_rows, bool) or not isinstance(num_rows, (int, np.integer)) or num_rows < 1:
         raise ValueError(f"num_rows must be an int >= 1, got {num_rows!r}.")

@@ -20,6 +20,13 @@ def linear_warmup(end: float, steps: int) -> optax.Schedule:
 
     The step is 1-based, as in the paper's code and ``pytorch_optimizer.AdEMAMix``
     (``optax.linear_schedule(0, α, T)`` starts at 0 instead). Pass it as ``alpha``.
+
+    Example:
+      >>> import adamx, jax.numpy as jnp
+      >>> alpha = adamx.linear_warmup(8.0, steps=100)
+      >>> alpha(jnp.array([0, 49, 99, 500]))  # the step count, 0-based
+      Array([0.08, 4.  , 8.  , 8.  ], dtype=float32)
+      >>> tx = adamx.ademamix(1e-3, alpha=alpha)
     """
     _check_steps(steps)
 
@@ -41,6 +48,13 @@ def half_life_warmup(start: float, end: float, steps: int) -> optax.Schedule:
     AdEMAMix's β3 warm-up (``start=b1, end=b3``: ``pytorch_optimizer.AdEMAMix``'s
     ``t_alpha_beta3``) and simplified AdEMAMix's β1 warm-up (the authors' code adds 1e-8
     to β inside the log, which moves β_t by ~1e-8). Pass it as ``b3`` (or ``b1``).
+
+    Example:
+      >>> import adamx, jax.numpy as jnp
+      >>> b3 = adamx.half_life_warmup(0.9, 0.999, steps=100)
+      >>> [round(float(b), 4) for b in b3(jnp.array([0, 49, 99, 500]))]  # count, 0-based
+      [0.9497, 0.998, 0.999, 0.999]
+      >>> tx = adamx.ademamix(1e-3, b3=b3)
     """
     _check_steps(steps)
     check_beta("start", start)

@@ -46,6 +46,15 @@ def adamax(
       ``chain(scale_by_moments(infinity_norm=True), bias_correct, scale_by_rsqrt, scale_by_lr)``,
       after ``add_coupled_weight_decay`` when ``weight_decay`` is given.
 
+    Example:
+      >>> import adamx, jax.numpy as jnp
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> grads = {"w": jnp.array([0.5, -0.1])}
+      >>> tx = adamx.adamax(1e-2)
+      >>> updates, state = tx.update(grads, tx.init(params), params)
+      >>> updates["w"]  # the first step is -α·sign(g)
+      Array([-0.01,  0.01], dtype=float32)
+
     References:
       Kingma & Ba, arXiv:1412.6980, section 7.1.
     """
@@ -89,6 +98,15 @@ def adamaxw(
     Returns:
       ``chain(scale_by_moments(infinity_norm=True), bias_correct, scale_by_rsqrt,
       add_decoupled_weight_decay, scale_by_lr)``.
+
+    Example:
+      >>> import adamx, jax.numpy as jnp
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> grads = {"w": jnp.array([0.5, -0.1])}
+      >>> tx = adamx.adamaxw(1e-2, weight_decay=0.1)
+      >>> updates, state = tx.update(grads, tx.init(params), params)
+      >>> updates["w"]  # the first step is -α·(sign(g) + λθ)
+      Array([-0.011,  0.012], dtype=float32)
 
     References:
       Kingma & Ba, arXiv:1412.6980; Loshchilov & Hutter, arXiv:1711.05101.

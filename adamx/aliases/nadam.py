@@ -97,6 +97,15 @@ def nadamw(
       ``chain(scale_by_moments, bias_correct(nesterov=True), scale_by_rsqrt,
       add_decoupled_weight_decay, scale_by_lr)``.
 
+    Example:
+      >>> import adamx, jax, jax.numpy as jnp, optax
+      >>> params = {"w": jnp.ones((2, 3)), "b": jnp.zeros(3)}
+      >>> tx = adamx.nadamw(1e-3, weight_decay=0.1, mask=adamx.exclude_paths("b"))
+      >>> state = tx.init(params)
+      >>> grads = jax.grad(lambda p: jnp.sum(p["w"] ** 2) + jnp.sum(p["b"] ** 2))(params)
+      >>> updates, state = tx.update(grads, state, params)
+      >>> params = optax.apply_updates(params, updates)
+
     References:
       Dozat 2016; Loshchilov & Hutter, arXiv:1711.05101.
     """

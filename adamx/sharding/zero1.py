@@ -38,6 +38,14 @@ def zero1_shardings(tree: PyTree, mesh: Mesh, axis: Hashable = "data") -> PyTree
     Returns:
       A pytree of ``NamedSharding`` with the structure of ``tree``, usable as
       ``out_shardings`` of ``jax.jit`` or with ``jax.device_put``.
+
+    Example:
+      >>> import adamx.sharding, jax, jax.numpy as jnp
+      >>> mesh = jax.make_mesh((jax.device_count(),), ("data",))
+      >>> tree = {"w": jnp.ones((8, 4)), "step": jnp.zeros((), jnp.int32)}
+      >>> shardings = adamx.sharding.zero1_shardings(tree, mesh, "data")
+      >>> shardings["w"].spec, shardings["step"].spec
+      (P('data', None), P())
     """
     n = _axis_size(mesh, axis)
     return jax.tree.map(lambda x: NamedSharding(mesh, _zero1_specs(np.shape(x), axis, n)[0]), tree)

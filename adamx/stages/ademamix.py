@@ -162,6 +162,18 @@ def scale_by_simplified_ademamix(
     Returns:
       An ``optax.GradientTransformationExtraArgs`` with ``ScaleBySimplifiedAdemamixState``.
 
+    Example:
+      >>> import adamx, jax.numpy as jnp, optax
+      >>> tx = optax.chain(
+      ...     adamx.scale_by_simplified_ademamix(b1=0.99, b2=0.95, alpha=2.0),
+      ...     adamx.scale_by_lr(1e-4),
+      ... )
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> grads = {"w": jnp.array([0.5, -0.1])}
+      >>> updates, state = tx.update(grads, tx.init(params), params)
+      >>> updates["w"]  # step 1: m = g, v̂ = g², so -α_lr·(1 + α)·sign(g)
+      Array([-0.0003,  0.0003], dtype=float32)
+
     References:
       Morwani, Vyas, Ye, Kakade et al., "Connections between Schedule-Free Optimizers,
       AdEMAMix, and Accelerated SGD Variants", arXiv:2502.02431.

@@ -73,6 +73,22 @@ def scale_by_rsqrt(
         reverse); at trace time, these options or ``eps_root`` with an
         infinity-norm record.
 
+    Example:
+      Adam, written out stage by stage (``adamx.adam`` is this chain):
+
+      >>> import adamx, jax.numpy as jnp, optax
+      >>> tx = optax.chain(
+      ...     adamx.scale_by_moments(0.9, 0.999),
+      ...     adamx.bias_correct(0.9, 0.999),
+      ...     adamx.scale_by_rsqrt(eps=1e-8),
+      ...     adamx.scale_by_lr(1e-3),
+      ... )
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> grads = {"w": jnp.array([0.5, -0.1])}
+      >>> updates, state = tx.update(grads, tx.init(params), params)
+      >>> updates["w"].round(6)  # the first step is -α·g/(|g| + ε) ≈ -α·sign(g)
+      Array([-0.001,  0.001], dtype=float32)
+
     References:
       Kingma & Ba, arXiv:1412.6980, sections 2 and 7.1; Liu et al., "On the
       Variance of the Adaptive Learning Rate and Beyond", arXiv:1908.03265.

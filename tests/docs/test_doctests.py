@@ -68,3 +68,11 @@ def test_every_public_name_is_in_the_api_pages_once():
     assert not missing, f"public names with no entry in docs/api/*.md (add one): {missing}"
     assert not twice, f"names with more than one entry in docs/api/*.md: {twice}"
     assert not unknown, f"entries in docs/api/*.md that are not public names: {unknown}"
+
+
+def test_every_public_function_has_an_example():
+    functions = [(f"adamx.{n}", getattr(adamx, n)) for n in adamx.__all__]
+    sharding = adamx.sharding
+    functions += [(f"adamx.sharding.{n}", getattr(sharding, n)) for n in sharding.__all__]
+    lacking = [n for n, f in functions if inspect.isfunction(f) and ">>>" not in (f.__doc__ or "")]
+    assert not lacking, f"public functions whose docstring has no Example: {lacking}"

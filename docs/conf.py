@@ -85,7 +85,7 @@ def _source_signature(obj: Any) -> tuple[str, str | None] | None:
         return None if n is None else ast.get_source_segment(source, n)
 
     def param(a: ast.arg, default: ast.AST | None) -> str:
-        annotation = text(a.annotation)
+        annotation = _unquote(text(a.annotation))
         out = a.arg + (f": {annotation}" if annotation else "")
         if default is not None:
             out += f" = {text(default)}" if annotation else f"={text(default)}"
@@ -109,9 +109,40 @@ def _source_signature(obj: Any) -> tuple[str, str | None] | None:
     return "(" + ", ".join(parts) + ")", text(node.returns)
 
 
+def _unquote(annotation: str | None) -> str | None:
+    """``"MomentFormat"`` (a forward reference) as ``MomentFormat``."""
+    if annotation and annotation[0] == annotation[-1] and annotation[0] in "'\"":
+        return annotation[1:-1]
+    return annotation
+
+
+def _fields_signature(cls: type) -> str | None:
+    """``(field=default, ...)`` of a NamedTuple, its defaults as the source spells them."""
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+        node = ast.parse(source).body[0]
+    except (OSError, TypeError, SyntaxError, IndexError):
+        return None
+    if not isinstance(node, ast.ClassDef):
+        return None
+    parts = []
+    for item in node.body:
+        target = item.target if isinstance(item, ast.AnnAssign) else None
+        if isinstance(target, ast.Name) and target.id in cls._fields:
+            default = item.value and ast.get_source_segment(source, item.value)
+            parts.append(item.target.id + (f"={default}" if default else ""))
+    return "(" + ", ".join(parts) + ")" if len(parts) == len(cls._fields) else None
+
+
 def _signature(app, what, name, obj, options, signature, return_annotation):
     if what in ("function", "method") and signature is not None:
-        return _source_signature(obj)
+        found = _source_signature(obj)
+        return found and (found[0], _unquote(found[1]))
+    if what == "class" and getattr(obj, "_is_protocol", False):
+        return "", None  # a Protocol is not constructed: no (*args, **kwargs)
+    if what == "class" and hasattr(obj, "_fields"):
+        found = _fields_signature(obj)
+        return found and (found, None)
     return None
 
 

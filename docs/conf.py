@@ -13,8 +13,11 @@ autosummary stubs). Two hooks below keep them readable:
 """
 
 import ast
+import importlib
 import inspect
+import pkgutil
 import textwrap
+import typing
 from typing import Any
 
 import adamx
@@ -61,10 +64,22 @@ nitpick_ignore_regex = [
     (r"py:.*", r"(Array|ArrayLike|DTypeLike|Params|ScalarOrSchedule|PartitionSpec|Mesh)"),
     (r"py:.*", r"(NamedSharding|Sharding|ShapeDtypeStruct|GradientTransformation.*)"),
     (r"py:.*", r"(Callable|Sequence|Mapping|Iterable|Iterator|Hashable|Literal|Any|Self)"),
-    # adamx's private type aliases, shown by name in signatures (adamx._types and friends):
-    (r"py:.*", r"(PyTree|Mask|Role|StoredLeaf|BucketMembers|FloatDType|Stored8bit|StoredFactors)"),
-    (r"py:.*", r"(Rescale|Rows|Groups)"),
 ]
+
+
+def _private_type_aliases() -> list[tuple[str, str]]:
+    """adamx's module-level type aliases (``PyTree``, ``Mask``, ``Rescale``, ...): signatures
+    show them by name, and they are no public names with a page to link to."""
+    names = set()
+    for info in pkgutil.walk_packages(adamx.__path__, "adamx."):
+        for name, value in vars(importlib.import_module(info.name)).items():
+            alias = value is Any or typing.get_origin(value) is not None
+            if alias and not name.startswith("_") and name not in adamx.__all__:
+                names.add(name)
+    return [("py:class", name) for name in sorted(names)]
+
+
+nitpick_ignore = _private_type_aliases()
 
 html_theme = "furo"
 html_title = f"adamx {release}"

@@ -43,7 +43,7 @@ def pack(tree: PyTree, *, min_size: int = 4096) -> PackedTree:
 
     Example:
       >>> import adamx, jax, jax.numpy as jnp, optax
-      >>> params = {f"b{i}": jnp.zeros(64) for i in range(1000)}
+      >>> params = {f"b{i}": jnp.zeros(64) for i in range(100)}
       >>> packed, tx = adamx.pack(params), adamx.adamw(1e-3)
       >>> state = tx.init(packed)
       >>> loss = lambda p: sum(jnp.sum((x - 1.0) ** 2) for x in jax.tree.leaves(p))
@@ -51,7 +51,7 @@ def pack(tree: PyTree, *, min_size: int = 4096) -> PackedTree:
       >>> updates, state = tx.update(grads, state, packed)
       >>> packed = optax.apply_updates(packed, updates)
       >>> packed.buckets["float32"].shape, packed.unpack()["b7"].shape
-      ((64000,), (64,))
+      ((6400,), (64,))
     """
     check_min_size("pack", min_size)
     flat = flatten_for_packing("pack", "leaf", tree, min_size)

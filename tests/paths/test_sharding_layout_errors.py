@@ -78,21 +78,3 @@ def test_zero1_tries_the_next_split_when_a_layout_does_not_fit(mesh):
     with jax.set_mesh(mesh):
         state = jax.jit(adamx.sharding.zero1(_init_tx(init), mesh).init)(replicated)
     assert state["w"].sharding.spec == P(None, "data")
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        "adamx.sharding.state",
-        "adamx.sharding.zero1",
-        "adamx.sharding.memory",
-        "adamx._nbytes",
-        "adamx._masks",
-    ],
-)
-def test_docstring_examples_run(name):
-    import doctest
-    import importlib
-
-    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0, result

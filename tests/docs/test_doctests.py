@@ -44,14 +44,35 @@ def test_docstring_examples_run(name):
 
 
 def public_names() -> set[str]:
-    """Every public name, as the API pages spell it: ``adamx.X`` when ``adamx`` exports it."""
+    """Every public name, as the API pages spell it: ``adamx.X`` when ``adamx`` exports it.
+
+    ``adamx.__all__``, ``adamx.sharding.__all__``, the public names of ``adamx.formats`` and
+    the ``__all__`` of any public module under ``adamx.formats`` / ``adamx.sharding`` (e.g.
+    ``adamx.formats.convert``).
+    """
     names = {f"adamx.{n}" for n in adamx.__all__}
     names |= {f"adamx.sharding.{n}" for n in adamx.sharding.__all__}
     for n, obj in vars(adamx.formats).items():
         if n.startswith("_") or inspect.ismodule(obj):
             continue
         names.add(f"adamx.{n}" if getattr(adamx, n, None) is obj else f"adamx.formats.{n}")
+    for package in (adamx.formats, adamx.sharding):
+        for info in pkgutil.iter_modules(package.__path__, package.__name__ + "."):
+            module = importlib.import_module(info.name)
+            if "._" not in info.name and hasattr(module, "__all__"):
+                names |= {f"{info.name}.{n}" for n in module.__all__}
     return names
+
+
+def resolves(name: str) -> bool:
+    """``name`` is a public attribute of a public adamx module (an entry may document one)."""
+    module, _, attribute = name.rpartition(".")
+    if "._" in name or not module.startswith("adamx"):
+        return False
+    try:
+        return hasattr(importlib.import_module(module), attribute)
+    except ImportError:
+        return False
 
 
 def documented() -> list[str]:
@@ -64,10 +85,10 @@ def test_every_public_name_is_in_the_api_pages_once():
     names = public_names()
     missing = sorted(names - set(count))
     twice = sorted(n for n, k in count.items() if k > 1)
-    unknown = sorted(set(count) - names)
+    unknown = sorted(n for n in set(count) - names if not resolves(n))
     assert not missing, f"public names with no entry in docs/api/*.md (add one): {missing}"
     assert not twice, f"names with more than one entry in docs/api/*.md: {twice}"
-    assert not unknown, f"entries in docs/api/*.md that are not public names: {unknown}"
+    assert not unknown, f"entries in docs/api/*.md that are no public adamx names: {unknown}"
 
 
 def test_every_public_function_has_an_example():

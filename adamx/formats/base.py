@@ -31,6 +31,7 @@ from .._validation import _keystr, check_choice, check_float_dtype, flatten_like
 from .float import FloatFormat
 from .leaves import bucket_members, leaf_ids
 from .protocol import ARGUMENTS, ROLES, MomentFormat, MomentRecord, Role, StoredLeaf, format_gaps
+from .versions import mismatch, recorded
 
 
 def as_format(spec: MomentFormat | DTypeLike | None, role: Role) -> MomentFormat:
@@ -98,7 +99,7 @@ def init_moment(stage: str, fmt: MomentFormat, role: Role, params: PyTree) -> Py
     key = None
     if fmt.stochastic:
         key = jax.random.key_data(jax.random.fold_in(jax.random.key(fmt.seed), ROLES[role]))
-    config = {fmt.describe(): jnp.zeros((1,), jnp.uint8)}
+    config = {recorded(fmt): jnp.zeros((1,), jnp.uint8)}
     return _assemble(fmt, treedef, rows, key, config)
 
 
@@ -181,7 +182,7 @@ def _check_config(
 ) -> None:
     """Refuse a state made by another format (or configuration) than ``fmt``."""
     got = stored.description if isinstance(stored, MomentRecord) else None
-    want = None if fmt.fields is None else fmt.describe()
+    want = recorded(fmt)
     if got == want and (want is not None or _float_dtypes_ok(fmt, stored)):
         return
     paths = jax.tree_util.tree_flatten_with_path(updates)[0]
@@ -189,12 +190,8 @@ def _check_config(
     if got is None:
         leaves = jax.tree.leaves(stored)
         got = f"a float moment ({jnp.result_type(leaves[0]).name})" if leaves else "empty"
-    raise ValueError(
-        f"{stage}: the state's {role} at {where} (and the other leaves) was stored as {got}, "
-        f"but this optimizer stores {role} as {fmt.describe()} ({ARGUMENTS[role]}). The layouts "
-        "decode differently, so this state cannot be used: build the optimizer with the format "
-        "that made the state, or start from tx.init(params)."
-    )
+    what = f"{stage}: the state's {role} at {where} (and the other leaves)"
+    raise ValueError(mismatch(what, got, want or fmt.describe(), role, ARGUMENTS[role]))
 
 
 def _float_dtypes_ok(fmt: MomentFormat, stored: PyTree) -> bool:

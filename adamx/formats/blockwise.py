@@ -76,6 +76,7 @@ class Blockwise8bit(NamedTuple):
     elementwise = False  # a block's scale is shared by block_size elements
     fields = ("codes", "scales")
     record = QuantizedMoment
+    version = 1  # of the stored layout (codes, maps, packing): bump on any change (versions.py)
 
     def bind(self, role: Role) -> "Blockwise8bit":
         """Resolve ``signed`` (m: True, v: False), ``sqrt`` (None: not signed) and

@@ -59,6 +59,7 @@ class Factored(NamedTuple):
     stochastic = False
     fields = ("row", "col")
     record = FactoredMoment
+    version = 1  # of the stored layout (which axes, the means): bump on any change (versions.py)
     seed = 0  # not stochastic: no rounding key
 
     def dims(self, shape: tuple[int, ...]) -> tuple[int, int] | None:

@@ -48,6 +48,7 @@ class StochasticFloatFormat(NamedTuple):
     stochastic = True
     fields = ("value",)
     record = StochasticFloatMoment
+    version = 1  # of the stored layout: bump on any change (versions.py)
 
     def bind(self, role: Role) -> "StochasticFloatFormat":
         """Any moment; a float16 second moment gets a warning about its range."""

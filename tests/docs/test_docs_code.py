@@ -22,7 +22,10 @@ from pathlib import Path
 
 import pytest
 
+import adamx
+
 ROOT = Path(__file__).resolve().parents[2]
+ADAMX_HOME = Path(adamx.__file__).resolve().parents[1]
 TIMEOUT_S = 300
 STDERR_TAIL = 4000
 
@@ -204,7 +207,10 @@ def test_page_code_runs(page: Path, tmp_path: Path) -> None:
         "JAX_PLATFORMS": "cpu",
         "KERAS_BACKEND": "jax",
         "MPLBACKEND": "Agg",
-        "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+        # the adamx this test run imports (a checkout, an editable or a wheel install)
+        "PYTHONPATH": os.pathsep.join(
+            [str(ADAMX_HOME), *filter(None, [os.environ.get("PYTHONPATH")])]
+        ),
     }
     env.pop("JAX_NUMPY_DTYPE_PROMOTION", None)  # a reader's session: the default promotion
     try:

@@ -290,3 +290,9 @@ def test_fence_scanner() -> None:
     program = script(found).splitlines()
     assert program[2] == "a = 1" and program[6] == "b = a + 1" and program[10] == "assert b == 2"
     assert [f.hidden_python() for f in found] == [False, False, False, True, False]
+
+
+def test_pages_are_found() -> None:
+    """The scan sees the README and the guide pages (a broken scan would test nothing)."""
+    found = {_page_id(path) for path in PYTHON_PAGES}
+    assert {"README.md", "docs/training_loops.md", "docs/low_memory.md"} <= found, found

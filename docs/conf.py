@@ -18,6 +18,7 @@ import inspect
 import pkgutil
 import textwrap
 import typing
+from pathlib import Path
 from typing import Any
 
 import adamx
@@ -73,7 +74,8 @@ def _private_type_aliases() -> list[tuple[str, str]]:
     names = set()
     for info in pkgutil.walk_packages(adamx.__path__, "adamx."):
         for name, value in vars(importlib.import_module(info.name)).items():
-            alias = value is Any or typing.get_origin(value) is not None
+            alias = value is Any or isinstance(value, typing.TypeVar)
+            alias = alias or typing.get_origin(value) is not None
             if alias and not name.startswith("_") and name not in adamx.__all__:
                 names.add(name)
     return [("py:class", name) for name in sorted(names)]
@@ -188,6 +190,39 @@ def _docstring(app, what, name, obj, options, lines):
         lines.append("")
 
 
+def _fix_viewcode_backlinks(app, exception):
+    """Point each source page's "[docs]" link at the entry's real id.
+
+    viewcode links every object of a source file back to ``#<module>.<name>`` with one
+    ``<module>`` per file (the first one documented from it), so in ``formats/protocol.py``
+    ``MomentRecord`` (documented as ``adamx.formats.MomentRecord``) got
+    ``#adamx.MomentRecord``, after ``adamx.MomentFormat``.
+    """
+    if exception is not None or app.builder.format != "html":
+        return
+    objects = app.env.domains["py"].objects
+    for modname, entry in getattr(app.env, "_viewcode_modules", {}).items():
+        if not entry:
+            continue
+        _, _, used, refname = entry
+        page = Path(app.outdir, "_modules", *modname.split(".")).with_suffix(".html")
+        if not page.exists():
+            continue
+        html = original = page.read_text(encoding="utf-8")
+        for name, docname in used.items():
+            wrong = f"{refname}.{name}"
+            right = [
+                obj.node_id
+                for full, obj in objects.items()
+                if full.endswith("." + name) and obj.docname == docname and not obj.aliased
+            ]
+            if wrong not in objects and len(right) == 1:
+                html = html.replace(f'#{wrong}"', f'#{right[0]}"')
+        if html != original:
+            page.write_text(html, encoding="utf-8")
+
+
 def setup(app):
     app.connect("autodoc-process-signature", _signature)
     app.connect("autodoc-process-docstring", _docstring)
+    app.connect("build-finished", _fix_viewcode_backlinks)

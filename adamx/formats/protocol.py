@@ -31,7 +31,7 @@ Adding a format (FP8 moments, a rank-1 second moment, ...):
 ``mu_dtype`` / ``nu_dtype``; nothing else needs registering.
 """
 
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 import jax
 from jax.typing import DTypeLike
@@ -43,6 +43,10 @@ ARGUMENTS: dict[Role, str] = {"mu": "mu_dtype", "nu": "nu_dtype", "nu_max": "nu_
 
 StoredLeaf = jax.Array | tuple[jax.Array | None, ...]
 """A leaf's stored moment: one array, or one entry per name in ``fields``."""
+
+StoredT = TypeVar("StoredT", bound=StoredLeaf)
+"""The stored moment of one format (``Stored8bit``, ...): what its ``init`` and ``encode``
+return is what its ``decode`` and ``encode`` are given back."""
 
 BucketMembers = tuple[tuple[str, int], ...]
 """The leaves in a bucket of packed leaves: ``((path, size), ...)``."""
@@ -75,7 +79,7 @@ class MomentRecord:
 
 
 @runtime_checkable
-class MomentFormat(Protocol):
+class MomentFormat(Protocol[StoredT]):
     """How ``scale_by_moments`` / ``running_max_nu`` store a moment between steps.
 
     The stage decodes the stored moment before the update and encodes the new one
@@ -102,20 +106,27 @@ class MomentFormat(Protocol):
     the same structure, shapes and dtypes at every step, or the update retraces.
     """
 
-    elementwise: bool
-    stochastic: bool
-    fields: tuple[str, ...] | None
-    record: type[MomentRecord] | None
-    seed: int
+    # Read-only members (a format is an immutable NamedTuple; its class attributes narrow
+    # these types, e.g. ``fields = None``). ``stochastic`` may be None until ``bind``.
+    @property
+    def elementwise(self) -> bool: ...
+    @property
+    def stochastic(self) -> bool | None: ...
+    @property
+    def fields(self) -> tuple[str, ...] | None: ...
+    @property
+    def record(self) -> type[MomentRecord] | None: ...
+    @property
+    def seed(self) -> int: ...
 
-    def bind(self, role: Role) -> "MomentFormat":
+    def bind(self, role: Role) -> "MomentFormat[StoredT]":
         """This format for the moment ``role`` (m: "mu"; v: "nu"; AMSGrad's maximum:
         "nu_max"). Fills in role-dependent defaults (e.g. signed codes for m), and
         raises ValueError for a setting that cannot store that moment, naming the
         user's argument (``protocol.ARGUMENTS[role]``). Called once, at construction."""
         ...
 
-    def init(self, param: jax.Array, packed: BucketMembers | None = None) -> StoredLeaf:
+    def init(self, param: jax.Array, packed: BucketMembers | None = None) -> StoredT:
         """The stored zero moment of a parameter leaf.
 
         ``packed``: for a bucket of packed leaves, ``((path, size), ...)`` of the
@@ -126,11 +137,11 @@ class MomentFormat(Protocol):
         """
         ...
 
-    def decode(self, stored: StoredLeaf, like: jax.Array) -> jax.Array:
+    def decode(self, stored: StoredT, like: jax.Array) -> jax.Array:
         """The moment as an array shaped like ``like`` (the gradient), to update in."""
         ...
 
-    def encode(self, value: jax.Array, stored: StoredLeaf, key: jax.Array | None) -> StoredLeaf:
+    def encode(self, value: jax.Array, stored: StoredT, key: jax.Array | None) -> StoredT:
         """``value`` in the layout and dtypes of ``stored`` (never changing them);
         ``key``: this leaf's typed PRNG key if ``stochastic``, else None."""
         ...
@@ -154,8 +165,10 @@ def format_gaps(obj: object) -> list[str] | None:
     """For messages: None if ``obj`` has none of the ``MomentFormat`` methods (it is no
     attempt at a format), else the members it lacks. A format is identified by
     ``isinstance(obj, MomentFormat)``; this only says what an incomplete one misses."""
-    methods = [n for n, v in vars(MomentFormat).items() if callable(v) and not n.startswith("_")]
+    members = {n: v for n, v in vars(MomentFormat).items() if not n.startswith("_")}
+    methods = [n for n, v in members.items() if callable(v)]
     if not any(callable(getattr(obj, n, None)) for n in methods):
         return None
     lacking = [n for n in methods if not callable(getattr(obj, n, None))]
-    return [n for n in MomentFormat.__annotations__ if not hasattr(obj, n)] + lacking
+    attributes = [n for n, v in members.items() if isinstance(v, property)]
+    return [n for n in attributes if not hasattr(obj, n)] + lacking

@@ -81,9 +81,10 @@ class StochasticFloatFormat(NamedTuple):
         return stored[0].astype(jnp.float32)
 
     def encode(
-        self, value: jax.Array, stored: tuple[jax.Array], key: jax.Array
+        self, value: jax.Array, stored: tuple[jax.Array], key: jax.Array | None
     ) -> tuple[jax.Array]:
         r"""``(SR(value),)`` in the stored dtype, E[SR(x)] = x (``rounding.round_stochastic``)."""
+        assert key is not None, "a stochastic format is always given a key"
         return (round_stochastic(value.astype(jnp.float32), stored[0].dtype, key),)
 
     def describe(self) -> str:

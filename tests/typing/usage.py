@@ -54,9 +54,14 @@ def train(steps: int = 3) -> optax.Params:
         adamx.cautious_adamw(1e-3),
         adamx.stable_adamw(1e-3),
         adamx.adamax(1e-3),
-        adamx.adamw(1e-3, mu_dtype=adamx.factored()),
+        adamx.adamw(1e-3, nu_dtype=adamx.factored()),
         adamx.monitor(adamx.adam(1e-3)),
-        optax.chain(adamx.scale_by_moments(mu_dtype="bfloat16"), adamx.scale_by_lr(1e-3)),
+        optax.chain(
+            adamx.scale_by_moments(mu_dtype="bfloat16"),
+            adamx.bias_correct(),
+            adamx.scale_by_rsqrt(),
+            adamx.scale_by_lr(optax.linear_schedule(1e-3, 0.0, 100)),
+        ),
     ]
     for other in others:
         other.update(jax.grad(loss)(params, x), other.init(params), params)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._types import PyTree
+from ._types import PyTree, PyTreeDef
 
 
 class Layout(NamedTuple):
@@ -28,7 +28,7 @@ class Layout(NamedTuple):
 class _Spec(NamedTuple):
     """How a tree was packed: static (shapes and dtypes only), so it is pytree metadata."""
 
-    treedef: jax.tree_util.PyTreeDef
+    treedef: PyTreeDef
     shapes: tuple[tuple[int, ...], ...]  # every leaf's shape, in flattening order
     layout: Layout
 
@@ -79,7 +79,7 @@ def plan_layout(leaves: Sequence[Any], min_size: int) -> Layout:
 
 
 def pack_leaves(
-    leaves: Sequence[Any], treedef: jax.tree_util.PyTreeDef, layout: Layout
+    leaves: Sequence[Any], treedef: PyTreeDef, layout: Layout
 ) -> PackedTree:
     """The ``PackedTree`` of ``leaves`` (flattened from ``treedef``) laid out by ``layout``."""
 

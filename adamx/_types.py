@@ -3,13 +3,18 @@ and the one dtype rule (standard promotion, written out)."""
 
 import sys
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeAlias
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 PyTree = Any
+
+# jaxlib ships no type stubs for its compiled module, so to pyright these two public jax
+# classes are variables of unknown type; each is named here once, with the one ignore.
+PyTreeDef: TypeAlias = jax.tree_util.PyTreeDef  # pyright: ignore[reportInvalidTypeForm]
+Device: TypeAlias = jax.Device  # pyright: ignore[reportInvalidTypeForm]
 
 # Which leaves a transformation applies to: a tree of Python bools shaped like the params (or a
 # prefix of them), or a function params -> such a tree (as optax.masked takes it).

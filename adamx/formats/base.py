@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import DTypeLike
 
-from .._types import PyTree
+from .._types import PyTree, PyTreeDef
 from .._validation import _keystr, check_choice, check_float_dtype, flatten_like_updates
 from .float import FloatFormat
 from .leaves import bucket_members, leaf_ids
@@ -128,7 +128,7 @@ def read_moment(
 
 def write_moment(
     fmt: MomentFormat,
-    treedef: jax.tree_util.PyTreeDef,
+    treedef: PyTreeDef,
     rows: list[StoredLeaf],
     key: jax.Array | None,
     stored: PyTree,
@@ -165,7 +165,7 @@ def update_moments(
 
 def _assemble(
     fmt: MomentFormat,
-    treedef: jax.tree_util.PyTreeDef,
+    treedef: PyTreeDef,
     rows: list[StoredLeaf],
     key: jax.Array | None,
     config: dict[str, jax.Array] | None,

@@ -21,7 +21,7 @@ from .._masks import path_to_str
 from .._packed import PackedTree
 from .._row_ops import gather_rows, scatter_rows
 from .._sparse import RowSparse, coalesce, is_row_sparse
-from .._types import PyTree
+from .._types import PyTree, PyTreeDef
 from ..formats.factored import FactoredMoment
 
 _STAGE = "sparse_rows"
@@ -44,7 +44,7 @@ class Grads:
     leaf), its structure, and each leaf (tables coalesced)."""
 
     paths: list[tuple]
-    treedef: jax.tree_util.PyTreeDef
+    treedef: PyTreeDef
     leaves: list[Any]
 
     @property

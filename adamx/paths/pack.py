@@ -12,7 +12,7 @@ import jax
 
 from .._packed import Layout, PackedTree, pack_leaves, plan_layout
 from .._placement import check_packable
-from .._types import PyTree
+from .._types import PyTree, PyTreeDef
 from .._validation import check_size
 
 _MIN_SIZE_MEANS = "leaves smaller than it are packed"
@@ -68,7 +68,7 @@ class Flat(NamedTuple):
 
     paths: list[tuple]
     leaves: list[Any]
-    treedef: jax.tree_util.PyTreeDef
+    treedef: PyTreeDef
     layout: Layout
 
 

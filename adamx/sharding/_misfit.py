@@ -8,7 +8,7 @@ import jax
 import optax
 from jax.sharding import Mesh, PartitionSpec
 
-from .._types import PyTree
+from .._types import PyTree, PyTreeDef
 from ._trace import LAYOUT_ERRORS, Specs, find_misfits, layout_fits, trace_init
 
 
@@ -16,7 +16,7 @@ def checked_trace(
     tx: optax.GradientTransformation,
     paths: Sequence[tuple],
     leaves: Sequence[jax.ShapeDtypeStruct],
-    treedef: jax.tree_util.PyTreeDef,
+    treedef: PyTreeDef,
     mesh: Mesh,
     specs: Specs,
 ) -> PyTree:

@@ -16,7 +16,7 @@ import numpy as np
 import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from .._types import PyTree
+from .._types import PyTree, PyTreeDef
 
 REPLICATED = PartitionSpec()
 
@@ -34,7 +34,7 @@ Specs = Sequence[PartitionSpec]
 def trace_init(
     tx: optax.GradientTransformation,
     leaves: Sequence[jax.ShapeDtypeStruct],
-    treedef: jax.tree_util.PyTreeDef,
+    treedef: PyTreeDef,
     mesh: Mesh,
     specs: Specs,
 ) -> PyTree:
@@ -52,7 +52,7 @@ def trace_init(
 def layout_fits(
     tx: optax.GradientTransformation,
     leaves: Sequence[jax.ShapeDtypeStruct],
-    treedef: jax.tree_util.PyTreeDef,
+    treedef: PyTreeDef,
     mesh: Mesh,
     specs: Specs,
     subset: Sequence[int],

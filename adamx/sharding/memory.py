@@ -3,10 +3,10 @@
 import jax
 
 from .._nbytes import leaf_nbytes
-from .._types import PyTree
+from .._types import Device, PyTree
 
 
-def state_bytes_per_device(tree: PyTree) -> dict[jax.Device, int]:
+def state_bytes_per_device(tree: PyTree) -> dict[Device, int]:
     """Bytes of ``tree`` stored on each device (only the shards a device holds).
 
     The per-device view of ``adamx.state_nbytes``: each shard is counted with the same
@@ -24,7 +24,7 @@ def state_bytes_per_device(tree: PyTree) -> dict[jax.Device, int]:
       >>> adamx.sharding.state_bytes_per_device({"m": jnp.zeros(4)})  # doctest: +SKIP
       {CpuDevice(id=0): 16}
     """
-    totals: dict[jax.Device, int] = {}
+    totals: dict[Device, int] = {}
     for leaf in jax.tree.leaves(tree):
         if not isinstance(leaf, jax.Array):
             raise TypeError(

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from .._types import PyTree
+from .._types import PyTree, PyTreeDef
 from ._trace import (
     REPLICATED,
     find_misfits,
@@ -155,7 +155,7 @@ def _zero1_specs(shape: tuple, axis: Hashable, n: int) -> list[PartitionSpec]:
 def _zero1_fit(
     tx: optax.GradientTransformation,
     leaves: Sequence[jax.ShapeDtypeStruct],
-    treedef: jax.tree_util.PyTreeDef,
+    treedef: PyTreeDef,
     mesh: Mesh,
     axis: Hashable,
     n: int,

@@ -78,9 +78,7 @@ def plan_layout(leaves: Sequence[Any], min_size: int) -> Layout:
     return Layout(tuple(loose), tuple((k, tuple(v)) for k, v in sorted(buckets.items())))
 
 
-def pack_leaves(
-    leaves: Sequence[Any], treedef: PyTreeDef, layout: Layout
-) -> PackedTree:
+def pack_leaves(leaves: Sequence[Any], treedef: PyTreeDef, layout: Layout) -> PackedTree:
     """The ``PackedTree`` of ``leaves`` (flattened from ``treedef``) laid out by ``layout``."""
 
     def bucket(indices):

@@ -6,8 +6,9 @@ The stages (``scale_by_moments``, ``running_max_nu``) call four functions:
   the moment ``role``, from a format, a float dtype or None;
 - ``init_moment``: the zero state of a moment: a tree of arrays shaped like the
   parameters (``fields is None``, as optax's ``mu``/``nu``), or a record of such
-  trees, one per field, plus a rounding key and the format's ``describe()`` as a
-  ``config`` key (``{"blockwise_8bit(signed=False, ...)": uint8[1]}``);
+  trees, one per field, plus a rounding key and the format's ``describe()`` and layout
+  version as a ``config`` key (``{"blockwise_8bit(signed=False, ...) v1": uint8[1]}``;
+  ``versions.py``);
 - ``read_moment``: each leaf's stored moment and rounding key, after checking that
   the state was made by this configuration (the ``config`` key is part of the tree
   structure, so this is a trace-time check, and of every checkpoint path, so a

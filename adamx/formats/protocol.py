@@ -63,9 +63,9 @@ class MomentRecord:
     that wrap every state leaf at a parameter position, such as ``flax.nnx``, see
     plain arrays), ``key`` (uint32[2] raw PRNG key data, split every step, or None
     when the format is not ``stochastic``) and ``config`` (``{description:
-    uint8[1]}``: the format's ``describe()`` as a dict key, part of the tree
-    structure and of every checkpoint path, so a state is never read with another
-    configuration).
+    uint8[1]}``: the format's ``describe()`` and layout ``version``
+    (``versions.recorded``) as a dict key, part of the tree structure and of every
+    checkpoint path, so a state is never read with another configuration or layout).
     """
 
     __slots__ = ()
@@ -74,7 +74,7 @@ class MomentRecord:
 
     @property
     def description(self) -> str:
-        """The ``describe()`` of the format that made this state."""
+        """What the format that made this state recorded: ``describe()``, then ``v<version>``."""
         return next(iter(self.config))
 
 
@@ -148,7 +148,9 @@ class MomentFormat(Protocol[StoredT]):
 
     def describe(self) -> str:
         """The static configuration as one line (the seed excluded): recorded in the
-        state of a record format, compared at every update, shown in errors."""
+        state of a record format, followed by the format's ``version`` if it has one (an
+        int class attribute, bumped when the stored layout changes: ``versions.py``),
+        compared at every update, shown in errors."""
         ...
 
     def partition_specs(

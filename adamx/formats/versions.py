@@ -1,11 +1,10 @@
-"""The version policy of state formats: what a moment's state records, and who refuses another.
+r"""The version policy of state formats: what a moment's state records, and who refuses another.
 
 A record format (``fields`` set: ``blockwise``, ``stochastic_float``, ``factored``) keeps
+``config = {d: uint8[1]}`` with
 
 .. math::
-    \\text{config} = \\{\\, d \\mapsto \\text{uint8}[1] \\,\\}, \\qquad
-    d = \\text{recorded}(f) = f.\\operatorname{describe}() \\ \\text{"}\\ \\text{v}\\text{"}\\,
-    f.\\text{version}
+    d = \texttt{describe()} \,\Vert\, \texttt{" v"} \,\Vert\, \texttt{version}
 
 in its state: the static configuration and the version of the stored layout (which arrays,
 dtypes, shapes, and which value each code means), as a dict key, so part of the tree
@@ -40,7 +39,7 @@ DOCS = "docs/state_formats.md"
 
 
 def recorded(fmt: MomentFormat) -> str | None:
-    """The description a state of ``fmt`` records: ``describe()`` and `` v<version>``.
+    """The description a state of ``fmt`` records: ``describe()``, a space, ``v<version>``.
 
     None for a format without a record (``fields is None``: a float moment is a bare array).
     """
@@ -61,7 +60,7 @@ def mismatch(what: str, got: str, want: str, moment: str, argument: str) -> str:
     ``moment`` (its role, "mu", "nu", ...) as ``want``, set by ``argument``."""
     why = "The layouts decode differently, so this state cannot be used"
     old, new = version_of(got), version_of(want)
-    if got.rpartition(" v")[0] == want.rpartition(" v")[0] and old != new:
+    if _configuration(got) == _configuration(want) and old != new:
         why = (
             f"The same configuration in another layout version ({_version(old)} vs "
             f"{_version(new)}: the stored arrays mean other values), so it cannot be used"
@@ -71,6 +70,11 @@ def mismatch(what: str, got: str, want: str, moment: str, argument: str) -> str:
         f"{why}: build the optimizer with the format that made the state, re-encode the moment "
         f"(adamx.formats.convert; see {DOCS}), or start from tx.init(params)."
     )
+
+
+def _configuration(description: str) -> str:
+    """The description without its version."""
+    return description if version_of(description) is None else description.rpartition(" v")[0]
 
 
 def _version(version: int | None) -> str:

@@ -16,6 +16,7 @@ import ast
 import importlib
 import inspect
 import pkgutil
+import re
 import textwrap
 import typing
 from pathlib import Path
@@ -63,7 +64,7 @@ nitpick_ignore_regex = [
     (r"py:.*", r"(jax|jaxlib|optax|numpy|np|chex|flax|orbax|torch|keras|ml_dtypes)(\..*)?"),
     (r"py:.*", r"(collections|typing|types|dataclasses|functools|enum)\..*"),
     (r"py:.*", r"(Array|ArrayLike|DTypeLike|Params|ScalarOrSchedule|PartitionSpec|Mesh)"),
-    (r"py:.*", r"(NamedSharding|Sharding|ShapeDtypeStruct|GradientTransformation.*)"),
+    (r"py:.*", r"(NamedSharding|Sharding|ShapeDtypeStruct|Device|GradientTransformation.*)"),
     (r"py:.*", r"(Callable|Sequence|Mapping|Iterable|Iterator|Hashable|Literal|Any|Self)"),
 ]
 
@@ -99,7 +100,14 @@ def _source_signature(obj: Any) -> tuple[str, str | None] | None:
         return None
 
     def text(n: ast.AST | None) -> str | None:
-        return None if n is None else ast.get_source_segment(source, n)
+        segment = None if n is None else ast.get_source_segment(source, n)
+        if segment is None or "\n" not in segment:
+            return segment
+        # A signature is one line: ``Callable[\n [A, B], C\n]`` as ``Callable[[A, B], C]``.
+        one = " ".join(segment.split())
+        for spaced, tight in (("[ ", "["), ("( ", "("), (", ]", "]"), (", )", ")")):
+            one = one.replace(spaced, tight)
+        return one.replace(" ]", "]").replace(" )", ")")
 
     def param(a: ast.arg, default: ast.AST | None) -> str:
         annotation = _unquote(text(a.annotation))
@@ -178,7 +186,7 @@ def _field_comments(cls: type) -> list[tuple[str, str, str]]:
     return out
 
 
-def _docstring(app, what, name, obj, options, lines):
+def _fields(what: str, obj: Any, lines: list[str]) -> None:
     """A NamedTuple's fields from its source comments, unless its docstring lists them."""
     if what != "class" or not hasattr(obj, "_fields") or "Attributes:" in (obj.__doc__ or ""):
         return
@@ -188,6 +196,78 @@ def _docstring(app, what, name, obj, options, lines):
         lines += ["", f".. py:attribute:: {field}", "", f"   ``{annotation}``: {comment}"]
     if fields:
         lines.append("")
+
+
+def _linkable() -> dict[str, str]:
+    """``{literal: role target}`` for every public name an API page documents."""
+    spelled: dict[str, Any] = {}
+    for n in adamx.__all__:
+        spelled[n] = spelled[f"adamx.{n}"] = f"adamx.{n}"
+    for n in adamx.sharding.__all__:
+        spelled[n] = spelled[f"sharding.{n}"] = spelled[f"adamx.sharding.{n}"] = (
+            f"adamx.sharding.{n}"
+        )
+    spelled["MomentRecord"] = spelled["adamx.formats.MomentRecord"] = "adamx.formats.MomentRecord"
+    for module, n in [("convert", "decode_moment"), ("convert", "encode_moment")]:
+        spelled[n] = spelled[f"adamx.formats.{module}.{n}"] = f"adamx.formats.{module}.{n}"
+    out = {}
+    for literal, target in spelled.items():
+        module, _, attribute = target.rpartition(".")
+        value = getattr(importlib.import_module(module), attribute)
+        if not inspect.ismodule(value):
+            role = "class" if inspect.isclass(value) else "func"
+            out[literal] = f":py:{role}:`~{target}`"
+    return out
+
+
+_LINKABLE = _linkable()
+_LITERAL = re.compile(r"``([A-Za-z_][A-Za-z0-9_.]*)``")
+
+
+def _links(obj: Any, name: str, lines: list[str]) -> None:
+    """``scale_by_moments`` (a public name as an inline literal) as a link to its entry.
+
+    Not for the documented object itself, nor for a name that is also one of its
+    parameters (``adafactor``'s ``factored``, ``add_decoupled_weight_decay``'s ``cautious``).
+    """
+    try:
+        parameters = set(inspect.signature(obj).parameters) if callable(obj) else set()
+    except (TypeError, ValueError):
+        parameters = set()
+
+    def link(match: re.Match) -> str:
+        literal = match.group(1)
+        target = _LINKABLE.get(literal)
+        if target is None or literal in parameters or target.endswith(f"~{name}`"):
+            return match.group(0)
+        return target
+
+    for i, line in enumerate(lines):
+        if not line.lstrip().startswith((">>>", "...")):
+            lines[i] = _LITERAL.sub(link, line)
+
+
+_PROSE = re.compile(r":type: ([A-Za-z]+(?: [A-Za-z]+){2,})")
+
+
+def _prose_not_type(what: str, lines: list[str]) -> None:
+    """Undo napoleon's reading of a property's first line ``What it holds: ...`` as
+    ``type: description`` (the Google style for attributes) when the "type" is prose."""
+    if what not in ("attribute", "property", "data"):
+        return
+    for i, line in enumerate(lines):
+        prose = _PROSE.fullmatch(line)
+        if prose:
+            del lines[i]
+            first = next(j for j, text in enumerate(lines) if text.strip())
+            lines[first] = f"{prose.group(1)}: {lines[first].lstrip()}"
+            return
+
+
+def _docstring(app, what, name, obj, options, lines):
+    _prose_not_type(what, lines)
+    _links(obj, name, lines)
+    _fields(what, obj, lines)
 
 
 def _fix_viewcode_backlinks(app, exception):

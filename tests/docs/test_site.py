@@ -173,6 +173,8 @@ _CHECK_MATHS = """() => {
 
 def _render(browser, server: str, page_path: Path, name: str) -> dict:
     """Open the page, let MathJax finish, screenshot it; what the checks need."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     seen = {"requests": [], "outside": [], "console": [], "errors": [], "failed": []}
     page = browser.new_page(viewport={"width": 1280, "height": 900})
 
@@ -192,8 +194,12 @@ def _render(browser, server: str, page_path: Path, name: str) -> dict:
     url = f"{server}/{page_path.relative_to(HTML).as_posix()}"
     page.goto(url, wait_until="networkidle")
     if page.evaluate("() => !!document.querySelector('.math')"):
-        page.wait_for_function("() => window.MathJax && MathJax.startup && MathJax.startup.promise")
-        page.evaluate("() => MathJax.startup.promise.then(() => true)")
+        started = "() => window.MathJax && MathJax.startup && MathJax.startup.promise"
+        try:
+            page.wait_for_function(started, timeout=30_000)
+            page.evaluate("() => MathJax.startup.promise.then(() => true)")
+        except PlaywrightTimeout:
+            seen["errors"].append("the page has maths, but MathJax did not start within 30 s")
     seen["maths"] = page.evaluate(_CHECK_MATHS)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     shot = SCREENSHOTS / f"{name}.png"

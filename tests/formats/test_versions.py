@@ -147,7 +147,7 @@ def _saved(path):
         return checkpointer.metadata(path).item_metadata
 
 
-def _restore(path, target):
+def _restore(path, target=None):
     with ocp.StandardCheckpointer() as checkpointer:
         return checkpointer.restore(path, target)
 
@@ -348,3 +348,28 @@ def test_every_record_format_has_a_version_and_a_pinned_layout():
     assert pinned == record_formats
     for cls in record_formats:
         assert isinstance(cls.version, int) and cls.version >= 1
+
+
+def test_a_state_saved_before_versions_is_read_as_the_changelog_says(tmp_path):
+    """CHANGELOG (issue 16): a state that recorded no version does not restore into a target;
+    restored without one, each leaf's arrays decode with the format's ``decode`` (version 1's
+    layout), and ``encode_moment`` stores the floats for the optimizer of today."""
+    fmt = adamx.blockwise_8bit(min_size=1024)  # "w" quantized, "b" kept as float32
+    params, tx = _params(), adamx.adam(1e-2, nu_dtype=fmt)
+    _, state = tx.update(jax.tree.map(jnp.cos, params), tx.init(params), params)
+    old = state[0]._replace(nu=_forge(state[0].nu, fmt.bind("nu").describe()))
+    _save(tmp_path / "ckpt", {"params": params, "opt_state": (old, *state[1:])})
+    with pytest.raises(ValueError, match=r"not found in metadata"):
+        _restore(
+            tmp_path / "ckpt", {"params": params, "opt_state": jax.eval_shape(tx.init, params)}
+        )
+
+    raw = _restore(tmp_path / "ckpt")  # no target: plain dicts and lists
+    nu_raw, bound = raw["opt_state"][0]["nu"], fmt.bind("nu")
+    floats = {
+        name: bound.decode((nu_raw["codes"][name], (nu_raw["scales"] or {}).get(name)), like)
+        for name, like in params.items()
+    }
+    chex.assert_trees_all_equal(floats, convert.decode_moment(fmt, "nu", state[0].nu, params))
+    moved = state[0]._replace(nu=convert.encode_moment(fmt, "nu", floats, params))
+    tx.update(params, (moved, *state[1:]), params)  # accepted

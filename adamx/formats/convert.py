@@ -17,6 +17,8 @@ from .._types import PyTree
 from .base import as_format, init_moment, read_moment, write_moment
 from .protocol import MomentFormat, Role
 
+__all__ = ["decode_moment", "encode_moment"]
+
 
 def decode_moment(
     fmt: MomentFormat | DTypeLike | None, role: Role, stored: PyTree, like: PyTree

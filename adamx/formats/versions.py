@@ -34,6 +34,8 @@ from .._types import PyTree
 from .._validation import _keystr
 from .protocol import ARGUMENTS, MomentFormat, MomentRecord
 
+__all__ = ["check_checkpoint"]  # and, for formats' own use, recorded / version_of / mismatch
+
 DOCS = "docs/state_formats.md"
 """The page that shows how to convert a state between formats (for messages)."""
 
@@ -42,6 +44,13 @@ def recorded(fmt: MomentFormat) -> str | None:
     """The description a state of ``fmt`` records: ``describe()``, a space, ``v<version>``.
 
     None for a format without a record (``fields is None``: a float moment is a bare array).
+
+    Example:
+      >>> import adamx, jax.numpy as jnp
+      >>> adamx.formats.versions.recorded(adamx.stochastic_float(jnp.bfloat16))
+      'stochastic_float(bfloat16) v1'
+      >>> adamx.formats.versions.recorded(adamx.FloatFormat(jnp.float32)) is None
+      True
     """
     if fmt.fields is None:
         return None
@@ -95,6 +104,18 @@ def check_checkpoint(saved: PyTree, target: PyTree) -> None:
 
     Raises:
       ValueError: naming the moment's path, both descriptions and the fix.
+
+    Example:
+      >>> import adamx, jax, jax.numpy as jnp
+      >>> params = {"w": jnp.zeros((64, 64))}
+      >>> made = adamx.adam(1e-3, nu_dtype=adamx.blockwise_8bit(min_size=0))
+      >>> used = adamx.adam(1e-3, nu_dtype=adamx.blockwise_8bit(min_size=0, block_size=64))
+      >>> saved = made.init(params)  # or orbax: checkpointer.metadata(path).item_metadata
+      >>> adamx.formats.versions.check_checkpoint(saved, jax.eval_shape(made.init, params))
+      >>> adamx.formats.versions.check_checkpoint(saved, jax.eval_shape(used.init, params))
+      Traceback (most recent call last):
+      ...
+      ValueError: the checkpoint's moment at [0].nu was stored as blockwise_8bit(...) v1, but ...
     """
     want = _records(target)
     saved_paths = {_names(path) for path, _ in jax.tree_util.tree_flatten_with_path(saved)[0]}

@@ -373,3 +373,35 @@ def test_a_state_saved_before_versions_is_read_as_the_changelog_says(tmp_path):
     chex.assert_trees_all_equal(floats, convert.decode_moment(fmt, "nu", state[0].nu, params))
     moved = state[0]._replace(nu=convert.encode_moment(fmt, "nu", floats, params))
     tx.update(params, (moved, *state[1:]), params)  # accepted
+
+
+def _is_record(node):
+    return isinstance(node, adamx.formats.MomentRecord)
+
+
+B8 = adamx.blockwise_8bit(min_size=0)
+STAGES = {  # every stage that keeps a moment reads it through base.read_moment
+    "amsgrad": lambda: adamx.amsgrad(1e-2, mu_dtype=B8, nu_dtype=B8),  # m, v and max v
+    "adafactor": lambda: adamx.adafactor(1e-2, min_dim_size_to_factor=8),
+    "ademamix": lambda: adamx.ademamix(1e-2, mu_dtype=adamx.stochastic_float(), nu_dtype=B8),
+    "adopt": lambda: adamx.adopt(1e-2, nu_dtype=B8),
+    "laprop": lambda: adamx.laprop(1e-2, nu_dtype=B8),
+    "simplified_ademamix": lambda: adamx.simplified_ademamix(1e-2, mu_dtype=B8),
+    "multi_tensor": lambda: adamx.multi_tensor(adamx.adam(1e-2, mu_dtype=adamx.blockwise_8bit())),
+}
+
+
+@pytest.mark.parametrize("name", list(STAGES))
+def test_every_stage_refuses_each_of_its_moments_in_another_version(name):
+    params = {"w": jnp.ones((64, 64)), "b": jnp.ones(64)}
+    tx = STAGES[name]()
+    state = tx.init(params)
+    records, treedef = jax.tree_util.tree_flatten(state, is_leaf=_is_record)
+    indices = [i for i, node in enumerate(records) if _is_record(node)]
+    assert indices, f"{name} keeps no moment record"
+    tx.update(params, state, params)
+    for i in indices:
+        forged = list(records)
+        forged[i] = _forge(records[i], records[i].description.replace(" v1", " v2"))
+        with pytest.raises(ValueError, match=r"another layout version \(v2 vs v1:"):
+            tx.update(params, treedef.unflatten(forged), params)

@@ -1,16 +1,12 @@
-r"""The version policy of state formats: what a moment's state records, and who refuses another.
+"""The version policy of state formats: what a moment's state records, and who refuses another.
 
 A record format (``fields`` set: ``blockwise``, ``stochastic_float``, ``factored``) keeps
-``config = {d: uint8[1]}`` with
-
-.. math::
-    d = \texttt{describe()} \,\Vert\, \texttt{" v"} \,\Vert\, \texttt{version}
-
-in its state: the static configuration and the version of the stored layout (which arrays,
-dtypes, shapes, and which value each code means), as a dict key, so part of the tree
-structure and of every checkpoint path. Two states are interchangeable exactly when their
-``d`` are equal. ``version`` is a class attribute of the format, bumped by every change that
-makes an old state decode to other values (CHANGELOG.md, "State formats", says so);
+``config = {d: uint8[1]}`` in its state, with ``d = f"{fmt.describe()} v{fmt.version}"``:
+the static configuration and the version of the stored layout (which arrays, dtypes, shapes,
+and which value each code means), as a dict key, so part of the tree structure and of every
+checkpoint path. Two states are interchangeable exactly when their ``d`` are equal.
+``version`` is a class attribute of the format, bumped by every change that makes an old
+state decode to other values (CHANGELOG.md, "State formats", says so);
 ``tests/formats/test_versions.py`` pins each layout to a digest of its bytes, so a change that
 forgets the bump fails there.
 

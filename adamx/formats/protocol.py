@@ -19,7 +19,9 @@ Adding a format (FP8 moments, a rank-1 second moment, ...):
 2. implement ``MomentFormat`` below (a ``NamedTuple`` of the static options, with
    class attributes ``elementwise``, ``stochastic``, ``fields``, ``record``,
    ``seed``) and, for ``fields``, its state record (a ``MomentRecord`` subclass
-   registered with ``jax.tree_util.register_dataclass``);
+   registered with ``jax.tree_util.register_dataclass``) and an int ``version`` of
+   the stored layout, recorded after ``describe()`` and bumped whenever an old state
+   would decode to other values (``versions.py``; pin it in ``tests/formats/test_versions.py``);
 3. write the user's constructor (``stochastic_float(...)``) with its maths in the
    docstring and its checks through ``adamx._validation``;
 4. export it from ``formats/__init__.py`` and ``adamx/__init__.py``;

@@ -17,6 +17,10 @@ def loss(params, x: jax.Array) -> jax.Array:  # params: {"w", "b"}, as users wri
     return jnp.mean((x @ params["w"] + params["b"]) ** 2)
 
 
+def embed_loss(params, ids: jax.Array) -> jax.Array:
+    return jnp.sum(params["emb"][ids] ** 2)
+
+
 def train(steps: int = 3) -> optax.Params:
     params: optax.Params = {"w": jnp.ones((16, 4)), "b": jnp.zeros(4)}
     x = jnp.ones((8, 16))
@@ -72,13 +76,30 @@ def train(steps: int = 3) -> optax.Params:
     multi.update(jax.grad(loss)(params, x), multi.init(params), params)
     del packed
 
+    # Masks by path; hyperparameters injected (dtype arguments static); sparse rows.
+    masked = [
+        adamx.adamw(1e-3, weight_decay=1e-2, mask=adamx.exclude_paths(r"b$")),
+        adamx.adamw(1e-3, mask=adamx.path_mask(lambda path, leaf: leaf.ndim > 1)),
+        optax.inject_hyperparams(adamx.adamw, static_args=("mu_dtype",))(
+            learning_rate=1e-3, mu_dtype=jnp.bfloat16
+        ),
+    ]
+    for tx_m in masked:
+        tx_m.update(jax.grad(loss)(params, x), tx_m.init(params), params)
+    table = {"emb": jnp.ones((10, 4))}
+    sparse = adamx.sparse_rows(adamx.adam(1e-3))
+    grad_fn = adamx.value_and_row_grad(embed_loss, rows=lambda ids: {"emb": ids})
+    _, sparse_grads = grad_fn(table, jnp.array([1, 3]))
+    sparse.update(sparse_grads, sparse.init(table), table)
+
     # Memory: bytes of the state, and its layout on a mesh.
     nbytes: int = adamx.state_nbytes(state)
+    training: adamx.TrainingBytes = adamx.training_nbytes(params, state)
     mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
     shardings = adamx.sharding.state_shardings(tx, params)
     zero = adamx.sharding.zero1(tx, mesh)
     per_device = adamx.sharding.state_bytes_per_device(state)
-    del nbytes, shardings, zero, per_device
+    del nbytes, training, shardings, zero, per_device
     return params
 
 

@@ -21,7 +21,8 @@ plain arrays; a leaf's original shape is read from the gradient at update time.
 """
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import cast
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +32,16 @@ from .._types import PyTree, PyTreeDef
 from .._validation import _keystr, check_choice, check_float_dtype, flatten_like_updates
 from .float import FloatFormat
 from .leaves import bucket_members, leaf_ids
-from .protocol import ARGUMENTS, ROLES, MomentFormat, MomentRecord, Role, StoredLeaf, format_gaps
+from .protocol import (
+    ARGUMENTS,
+    ROLES,
+    MomentFormat,
+    MomentRecord,
+    Role,
+    StoredLeaf,
+    StoredT,
+    format_gaps,
+)
 from .versions import mismatch, recorded
 
 
@@ -105,8 +115,8 @@ def init_moment(stage: str, fmt: MomentFormat, role: Role, params: PyTree) -> Py
 
 
 def read_moment(
-    stage: str, fmt: MomentFormat, role: Role, updates: PyTree, stored: PyTree
-) -> tuple[list[StoredLeaf], list[jax.Array | None], jax.Array | None]:
+    stage: str, fmt: MomentFormat[StoredT], role: Role, updates: PyTree, stored: PyTree
+) -> tuple[Sequence[StoredT], Sequence[jax.Array | None], jax.Array | None]:
     """``(per-leaf stored moments, per-leaf keys, next key)`` of ``stored`` at ``updates``' leaves.
 
     Refuses a state made by another format configuration, naming the leaf and both.
@@ -119,7 +129,8 @@ def read_moment(
         flatten_like_updates(stage, updates, getattr(stored, field), "state")
         for field in fmt.fields
     ]
-    rows = list(zip(*columns, strict=True))
+    # a leaf's arrays, zipped back across the record's fields, are what fmt.init stored
+    rows = cast(list[StoredT], list(zip(*columns, strict=True)))
     if not fmt.stochastic:
         return rows, [None] * len(rows), None
     next_key, step_key = jax.random.split(jax.random.wrap_key_data(stored.key))
@@ -130,7 +141,7 @@ def read_moment(
 def write_moment(
     fmt: MomentFormat,
     treedef: PyTreeDef,
-    rows: list[StoredLeaf],
+    rows: Sequence[StoredLeaf],
     key: jax.Array | None,
     stored: PyTree,
 ) -> PyTree:
@@ -167,14 +178,15 @@ def update_moments(
 def _assemble(
     fmt: MomentFormat,
     treedef: PyTreeDef,
-    rows: list[StoredLeaf],
+    rows: Sequence[StoredLeaf],
     key: jax.Array | None,
-    config: dict[str, jax.Array] | None,
+    config: dict[str | None, jax.Array] | None,
 ) -> PyTree:
     """A tree of the rows (``fields is None``), or ``fmt.record`` of one tree per field."""
     if fmt.fields is None:
         return treedef.unflatten(rows)
     trees = {f: treedef.unflatten([row[i] for row in rows]) for i, f in enumerate(fmt.fields)}
+    assert fmt.record is not None, "a format with fields has a record"
     return fmt.record(**trees, key=key, config=config)
 
 

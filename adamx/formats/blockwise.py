@@ -178,7 +178,7 @@ class Blockwise8bit(NamedTuple):
             )
 
     def _quantize(self, value: jax.Array, key: jax.Array | None) -> Stored8bit:
-        sharding = getattr(jax.typeof(value), "sharding", None)  # typed (Explicit) axes only
+        sharding: Any = getattr(jax.typeof(value), "sharding", None)  # typed (Explicit) axes
         spec = getattr(sharding, "spec", None)
         if spec is not None and len(spec) == value.ndim and spec[-1] is not None:
             mesh_shape = sharding.mesh.shape
@@ -202,6 +202,7 @@ class Blockwise8bit(NamedTuple):
             )
 
     def _map(self) -> QuantMap:
+        assert self.signed is not None, "called on a bound format only"
         return resolve_qmap(self.qmap, self.signed, self.bits)
 
     @property

@@ -96,7 +96,7 @@ def blockwise_8bit(
 
 def _check_options(
     bits: int,
-    signed: object,
+    signed: bool | None,
     block_size: object,
     min_size: object,
     qmap: object,

@@ -51,7 +51,7 @@ def block_layout(shape: tuple[int, ...], block_size: int) -> tuple[int, int]:
 
 def check_blocks_on_devices(
     shape: tuple[int, ...],
-    entry: object,
+    entry: str | tuple[str, ...] | None,
     axis_sizes: Mapping[str, int],
     block_size: int,
     name: str = "blockwise_8bit",

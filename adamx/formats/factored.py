@@ -108,6 +108,7 @@ class Factored(NamedTuple):
         if col is None:
             return row
         dims = self.dims(tuple(jnp.shape(like)))
+        assert dims is not None, "a leaf with a column factor factors"
         mean = jnp.mean(row, axis=reduced_d1(dims), keepdims=True)
         zero = mean == 0  # all-zero rows: 0, not NaN (a NaN or inf factor still propagates)
         ratio = jnp.where(zero, 0, row / jnp.where(zero, 1, mean))
@@ -123,11 +124,13 @@ class Factored(NamedTuple):
         row, col = stored
         if col is None:
             return value.astype(row.dtype), None
-        new_row, new_col = factor_means(value, self.dims(value.shape))
+        dims = self.dims(value.shape)
+        assert dims is not None, "a leaf with a column factor factors"
+        new_row, new_col = factor_means(value, dims)
         return new_row.astype(row.dtype), new_col.astype(col.dtype)
 
     def accumulate(
-        self, stored: StoredFactors, y: jax.Array, decay: float | jax.Array
+        self, stored: StoredFactors, y: jax.Array, decay: jax.typing.ArrayLike
     ) -> StoredFactors:
         r"""The moving average of ``y`` (e.g. |g|² + ε) on the stored factors, in optax's
         order of operations (``optax.scale_by_factored_rms``):
@@ -143,7 +146,9 @@ class Factored(NamedTuple):
         row, col = stored
         if col is None:
             return _ema(row, y, decay), None
-        new_row, new_col = factor_means(y, self.dims(y.shape))
+        dims = self.dims(y.shape)
+        assert dims is not None, "a leaf with a column factor factors"
+        new_row, new_col = factor_means(y, dims)
         return _ema(row, new_row, decay), _ema(col, new_col, decay)
 
     def describe(self) -> str:
@@ -200,7 +205,7 @@ def _zeros_without_axis(param: jax.Array, axis: int, dtype: DTypeLike) -> jax.Ar
     return jnp.zeros_like(target, dtype=dtype)
 
 
-def _ema(state: jax.Array, y: jax.Array, decay: float | jax.Array) -> jax.Array:
+def _ema(state: jax.Array, y: jax.Array, decay: jax.typing.ArrayLike) -> jax.Array:
     """``(decay * state + (1 - decay) * y).astype(state.dtype)``, the casts of standard
     promotion written out (strict-clean, optax's bits). Not ``_rates.ema``: that one adds
     the terms the other way round (optax's ``update_moment``), and XLA:CPU contracts the

@@ -33,7 +33,7 @@ Adding a format (FP8 moments, a rank-1 second moment, ...):
 ``mu_dtype`` / ``nu_dtype``; nothing else needs registering.
 """
 
-from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_checkable
 
 import jax
 from jax.typing import DTypeLike
@@ -73,6 +73,10 @@ class MomentRecord:
     __slots__ = ()
     key: Any  # trees of anything: arrays, ShapeDtypeStructs, shardings (state_shardings)
     config: Any
+
+    if TYPE_CHECKING:  # each subclass is a dataclass: built by keyword, its fields, key, config
+
+        def __init__(self, **fields: Any) -> None: ...
 
     @property
     def description(self) -> str:

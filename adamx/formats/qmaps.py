@@ -41,7 +41,7 @@ INF_CODE = 254  # unsigned maps only: +inf (an overflowed g² in v)
 _ABSMAX_MAPS = ("dynamic", "linear")  # the maps that are not float maps
 
 
-def is_float_map(kind: str) -> bool:
+def is_float_map(kind: object) -> bool:
     """True for the float maps ("float", "eEmM"): power-of-two scales, stochastic rounding."""
     return kind not in _ABSMAX_MAPS
 
@@ -84,7 +84,8 @@ class QuantMap(NamedTuple):
         with jax.ensure_compile_time_eval():  # a constant, also while tracing
             return np.float32(np.asarray(self.value(jnp.asarray(self.finite_codes - 1))))
 
-    def index(self, y: jax.Array, *, zero_point: bool = True) -> jax.Array:
+    # the encoder, named index (y -> its code) on purpose: it shadows tuple.index
+    def index(self, y: jax.Array, *, zero_point: bool = True) -> jax.Array:  # pyright: ignore[reportIncompatibleMethodOverride]
         """The code of the map value nearest each ``y`` in [-1, 1] (float32 in, int32 out)."""
         return _index(self, y, zero_point)
 
@@ -248,7 +249,7 @@ def resolve_qmap(qmap: object, signed: bool, bits: int = 8) -> QuantMap:
     floats = float_splits(signed, bits)
     if qmap == "float":
         qmap = DEFAULT_FLOAT[bits, signed]
-    if qmap in (*_ABSMAX_MAPS, *floats):
+    if isinstance(qmap, str) and qmap in (*_ABSMAX_MAPS, *floats):
         return QuantMap(qmap, signed, bits)
     magnitude = bits - 1 if signed else bits
     at = "" if bits == 8 else f" at bits={bits}"

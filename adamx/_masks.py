@@ -116,7 +116,7 @@ def unpacked_view(tree: PyTree) -> PyTree:
     def view(x):
         if not _is_packed(x):
             return x
-        dtypes = [None] * len(x.spec.shapes)
+        dtypes: list[np.dtype | None] = [None] * len(x.spec.shapes)
         for i, leaf in zip(x.spec.layout.loose, x.loose, strict=True):
             dtypes[i] = jnp.result_type(leaf)
         for name, indices in x.spec.layout.buckets:

@@ -5,6 +5,7 @@ import math
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -39,7 +40,7 @@ def leaf_nbytes(leaf: Any) -> int:
     """``size * itemsize`` of an array-like leaf (a typed PRNG key: of its key data); else 0."""
     if not (hasattr(leaf, "shape") and hasattr(leaf, "dtype")):
         return 0
-    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):  # typed key: count its data
+    if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):  # typed key: count its data
         leaf = jax.eval_shape(jax.random.key_data, leaf)
     return int(np.prod(leaf.shape, dtype=np.int64)) * np.dtype(leaf.dtype).itemsize
 

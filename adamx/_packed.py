@@ -93,7 +93,7 @@ def pack_leaves(leaves: Sequence[Any], treedef: PyTreeDef, layout: Layout) -> Pa
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _unpack_leaves(spec: _Spec, loose: tuple, buckets: dict) -> list:
-    out = [None] * len(spec.shapes)
+    out: list[jax.Array | None] = [None] * len(spec.shapes)
     for i, leaf in zip(spec.layout.loose, loose, strict=True):
         out[i] = leaf
     for name, indices in spec.layout.buckets:

@@ -8,9 +8,10 @@ exception to find out.
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 import jax
+import jax.core
 import numpy as np
 
 from ._packed import Layout
@@ -45,7 +46,7 @@ def is_split(sharding: Sharding) -> bool:
     return len(sharding.device_set) > 1 and not sharding.is_fully_replicated
 
 
-def names_explicit_axes(sharding: Sharding) -> bool:
+def names_explicit_axes(sharding: Sharding) -> TypeGuard[jax.sharding.NamedSharding]:
     """Whether a ``NamedSharding``'s spec names an Explicit mesh axis (part of the array type)."""
     if not isinstance(sharding, jax.sharding.NamedSharding):
         return False

@@ -1,7 +1,7 @@
 """Rates: constants or schedules (the learning rate, a decay), and the decay arithmetic the
 stages share (β^t and the moving average), written out for strict dtype promotion."""
 
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +13,9 @@ from ._types import is_python_number, promote
 class ScheduleState(NamedTuple):
     """Step count of a scheduled rate."""
 
-    count: jax.Array  # shape=(), int32: steps taken, saturating
+    # shape=(), int32: steps taken, saturating
+    # (named as in optax's states, so it shadows tuple.count)
+    count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]
 
 
 def init_rate_state(rate: optax.ScalarOrSchedule) -> ScheduleState | optax.EmptyState:
@@ -26,8 +28,21 @@ def current_rate(
 ) -> tuple[float | jax.Array, ScheduleState | optax.EmptyState]:
     """The rate for this step and the next state."""
     if callable(rate):
-        return rate(state.count), ScheduleState(count=optax.safe_increment(state.count))
+        count = cast(ScheduleState, state).count  # a schedule's state: init_rate_state's
+        return rate_at(rate, count), ScheduleState(count=increment(count))
     return rate, state
+
+
+def rate_at(rate: optax.ScalarOrSchedule, count: jax.Array) -> float | jax.Array:
+    """A schedule's value at ``count`` (optax types it ``ArrayLike``: a number or an array);
+    a constant as it is."""
+    return cast(float | jax.Array, rate(count)) if callable(rate) else rate
+
+
+def increment(count: jax.Array) -> jax.Array:
+    """``count + 1``, saturating at the dtype's maximum: ``optax.safe_increment`` typed for the
+    array it is given (optax annotates it ``ArrayLike -> ArrayLike``)."""
+    return cast(jax.Array, optax.safe_increment(count))
 
 
 def like(s: float | jax.Array, x: jax.Array) -> float | jax.Array:

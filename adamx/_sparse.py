@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import TypeGuard
 
 import jax
 import jax.numpy as jnp
@@ -79,7 +80,7 @@ class RowSparse:
         return scatter_rows(table, g.indices, new, indices_are_sorted=True)
 
 
-def is_row_sparse(x: object) -> bool:
+def is_row_sparse(x: object) -> TypeGuard[RowSparse]:
     return isinstance(x, RowSparse)
 
 

@@ -11,6 +11,7 @@ import numbers
 from typing import Any
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -196,8 +197,8 @@ def check_real_float_dtype(name: str, dtype: Any) -> None:
 
 def check_integer(name: str, value: Any) -> None:
     """An int of any sign, or an integer scalar array (a number of steps)."""
-    number = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
     array = _is_array_like(value) and jnp.issubdtype(value.dtype, jnp.integer)
+    number = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
     if not (number or (array and np.ndim(value) == 0)):
         raise TypeError(f"{name} must be an int (a number of steps), got {value!r}.")
 

@@ -30,8 +30,8 @@ def linear_warmup(end: float, steps: int) -> optax.Schedule:
     """
     _check_steps(steps)
 
-    def schedule(count: jax.Array) -> jax.Array:
-        t = (count + 1).astype(float)
+    def schedule(count: jax.typing.ArrayLike) -> jax.Array:
+        t = (jnp.asarray(count) + 1).astype(float)
         return jnp.minimum(t * end / steps, end)
 
     return schedule
@@ -62,8 +62,8 @@ def half_life_warmup(start: float, end: float, steps: int) -> optax.Schedule:
     check_positive_number("start", start, "the warm-up is linear in 1/ln β, so β > 0.")
     log_start, log_end = math.log(start), math.log(end)
 
-    def schedule(count: jax.Array) -> jax.Array:
-        a = (count + 1).astype(float) / steps
+    def schedule(count: jax.typing.ArrayLike) -> jax.Array:
+        a = (jnp.asarray(count) + 1).astype(float) / steps
         beta = jnp.exp(log_start * log_end / ((1.0 - a) * log_end + a * log_start))
         return jnp.minimum(beta, end)
 

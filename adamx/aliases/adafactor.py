@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from .._rates import ema
+from .._rates import ema, increment
 from .._types import Mask, promote
 from .._validation import (
     check_beta,
@@ -161,7 +161,7 @@ def _learning_rate(rate: optax.ScalarOrSchedule | None) -> optax.GradientTransfo
 
 
 def _ema_no_debias(
-    decay: float | jax.Array, dtype: jax.typing.DTypeLike
+    decay: float | jax.Array, dtype: jax.typing.DTypeLike | None
 ) -> optax.GradientTransformationExtraArgs:
     r""":math:`m_t = \beta m_{t-1} + (1-\beta) u`, stored in ``dtype``; u ← m_t
     (``optax.ema(β, debias=False, accumulator_dtype=dtype)``, its ``EmaState``)."""
@@ -175,7 +175,7 @@ def _ema_no_debias(
         del params, extra_args
         require_update_tree("ema", updates)
         new = jax.tree.map(lambda u, m: ema(u, m, decay), updates, state.ema)
-        count = optax.safe_increment(state.count)
+        count = increment(state.count)
         return new, optax.EmaState(count=count, ema=optax.tree.cast(new, dtype))
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -196,7 +196,7 @@ def _decayed_weights(
         require_update_tree("add_decayed_weights", updates)
         decay = rate(state.count) if callable(rate) else rate
         if callable(rate):
-            state = type(state)(count=optax.safe_increment(state.count))
+            state = type(state)(count=increment(state.count))
         if isinstance(decay, (int, float)) and decay == 0.0:  # optax's test, not is_zero's
             return updates, state
         decayed = jax.tree.map(

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from .._rates import increment
 from .._types import PyTree, without_variables
 from .._validation import _keystr
 from ..stages import ScaleByMomentsState
@@ -33,7 +34,8 @@ class SparseRowsState(NamedTuple):
     """State of ``sparse_rows(..., semantics="catch_up")``."""
 
     inner: PyTree  # the wrapped chain's state: exactly inner.init(params)
-    count: jax.Array  # int32 (): the steps taken
+    # int32 (): the steps taken; named as in optax's states, so it shadows tuple.count
+    count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]
     last_step: dict[str, jax.Array]  # {keystr(path): int32 (rows,)}: count after last update
 
 
@@ -74,7 +76,7 @@ def skipped_steps(state: SparseRowsState, grads: Grads) -> dict[str, jax.Array]:
 
 def advance(state: SparseRowsState, grads: Grads, inner_state: PyTree) -> SparseRowsState:
     """The next state: the count + 1, recorded as the last step of every updated row."""
-    count = optax.safe_increment(state.count)
+    count = increment(state.count)
     tables = {_keystr(grads.paths[i]): g for i, g in grads.tables.items()}
     last = {}
     for key, rows in state.last_step.items():

@@ -94,10 +94,13 @@ def multi_tensor(
       (6400,)
     """
     check_min_size(_STAGE, min_size)
+    # optax types params and updates as ArrayTree (arrays, sequences, mappings), which leaves
+    # out registered pytree nodes such as the PackedTree tx runs on: tx is called untyped.
+    packed_tx: Any = tx
 
     def init_fn(params):
         flat = flatten_for_packing(_STAGE, "parameter", without_variables(params), min_size)
-        state = tx.init(pack_leaves(flat.leaves, flat.treedef, flat.layout))
+        state = packed_tx.init(pack_leaves(flat.leaves, flat.treedef, flat.layout))
         _check_no_optax_mask(state)
         return MultiTensorState(inner=state)
 
@@ -109,7 +112,7 @@ def multi_tensor(
             _check_same_dtypes(flat.paths, flat.leaves, thetas, flat.layout)
             packed_params = pack_leaves(thetas, flat.treedef, flat.layout)
         packed_updates = pack_leaves(flat.leaves, flat.treedef, flat.layout)
-        packed, inner = tx.update(packed_updates, state.inner, packed_params, **extra_args)
+        packed, inner = packed_tx.update(packed_updates, state.inner, packed_params, **extra_args)
         return packed.unpack(), MultiTensorState(inner=inner)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import jax
 import optax
-from jax.sharding import Mesh, PartitionSpec
+from jax.sharding import AbstractMesh, Mesh, PartitionSpec
 
 from .._types import PyTree, PyTreeDef
 from ._trace import LAYOUT_ERRORS, Specs, find_misfits, layout_fits, trace_init
@@ -17,7 +17,7 @@ def checked_trace(
     paths: Sequence[tuple],
     leaves: Sequence[jax.ShapeDtypeStruct],
     treedef: PyTreeDef,
-    mesh: Mesh,
+    mesh: Mesh | AbstractMesh,
     specs: Specs,
 ) -> PyTree:
     """``trace_init``, or a ValueError naming the parameter whose state cannot follow its layout.
@@ -90,7 +90,7 @@ def _pow2_divisor(n: int) -> int:
     return min(n & -n, 256) if n > 0 else 1
 
 
-def _per_device(shape: tuple, spec: PartitionSpec, mesh: Mesh) -> tuple:
+def _per_device(shape: tuple, spec: PartitionSpec, mesh: Mesh | AbstractMesh) -> tuple:
     """The shape of one device's shard of an array of ``shape`` split by ``spec``."""
     local = list(shape)
     for dim, entry in enumerate(spec):

@@ -14,7 +14,7 @@ import jax
 import jax._src.core as _jax_core  # ShardingTypeError: no public module exports it (jax 0.10)
 import numpy as np
 import optax
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding, PartitionSpec
 
 from .._types import PyTree, PyTreeDef
 
@@ -35,7 +35,7 @@ def trace_init(
     tx: optax.GradientTransformation,
     leaves: Sequence[jax.ShapeDtypeStruct],
     treedef: PyTreeDef,
-    mesh: Mesh,
+    mesh: Mesh | AbstractMesh,
     specs: Specs,
 ) -> PyTree:
     """``jax.eval_shape(tx.init)`` on an ``Explicit`` copy of ``mesh``, params typed ``specs``."""
@@ -53,7 +53,7 @@ def layout_fits(
     tx: optax.GradientTransformation,
     leaves: Sequence[jax.ShapeDtypeStruct],
     treedef: PyTreeDef,
-    mesh: Mesh,
+    mesh: Mesh | AbstractMesh,
     specs: Specs,
     subset: Sequence[int],
 ) -> bool:

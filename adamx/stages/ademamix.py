@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from .._rates import increment, rate_at
 from .._types import PyTree, as_arrays, is_moments, map_moments, promote, promoted_dtype
 from .._validation import (
     _keystr,
@@ -34,7 +35,9 @@ _SLOW_EMA_STREAM = 3
 class SlowEmaState(NamedTuple):
     """State of ``add_slow_ema``."""
 
-    count: jax.Array  # shape=(), int32: steps taken (the schedules' step), saturating
+    # shape=(), int32: steps taken (the schedules' step), saturating
+    # (named as in optax's states, so it shadows tuple.count)
+    count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]
     m2: PyTree  # the slow EMA m2, in its state format (default: the params' dtype)
 
 
@@ -95,7 +98,7 @@ def add_slow_ema(
         del params
         require_moment_tree(_SLOW, updates)
         skipped = extra_args.get(SKIPPED_STEPS) or {}
-        b3_t, alpha_t = _at(b3, state.count), _at(alpha, state.count)
+        b3_t, alpha_t = rate_at(b3, state.count), rate_at(alpha, state.count)
         paths_and_records, treedef = jax.tree_util.tree_flatten_with_path(
             updates, is_leaf=is_moments
         )
@@ -110,7 +113,7 @@ def add_slow_ema(
             mu = jnp.add(*promote(m.mu, jnp.multiply(*promote(alpha_t, m2))))
             rows.append((m._replace(mu=mu), fmt.encode(m2, s, k)))
         m2 = write_moment(fmt, treedef, [r[1] for r in rows], next_key, state.m2)
-        new_state = SlowEmaState(count=optax.safe_increment(state.count), m2=m2)
+        new_state = SlowEmaState(count=increment(state.count), m2=m2)
         return treedef.unflatten([r[0] for r in rows]), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -119,7 +122,9 @@ def add_slow_ema(
 class ScaleBySimplifiedAdemamixState(NamedTuple):
     """State of ``scale_by_simplified_ademamix``."""
 
-    count: jax.Array  # shape=(), int32: steps taken, saturating
+    # shape=(), int32: steps taken, saturating
+    # (named as in optax's states, so it shadows tuple.count)
+    count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]
     mu: PyTree  # the accumulated momentum m (no 1 - β1 factor), in its state format
     nu: PyTree  # the second moment v, in its state format
 
@@ -199,8 +204,8 @@ def scale_by_simplified_ademamix(
         require_update_tree(_SIMPLE, updates)
         updates = as_arrays(updates)
         check_float_leaves(_SIMPLE, "gradient", updates)
-        b1_t, alpha_t = _at(b1, state.count), _at(alpha, state.count)
-        t = optax.safe_increment(state.count)
+        b1_t, alpha_t = rate_at(b1, state.count), rate_at(alpha, state.count)
+        t = increment(state.count)
         grads, treedef = jax.tree.flatten(updates)
         mus, mu_keys, mu_next = read_moment(_SIMPLE, mu_format, "mu", updates, state.mu)
         nus, nu_keys, nu_next = read_moment(_SIMPLE, nu_format, "nu", updates, state.nu)
@@ -240,11 +245,6 @@ def _step(g, m, v_hat, alpha, eps, eps_root) -> jax.Array:
     root = jnp.sqrt(jnp.add(*promote(v_hat, eps_root)))
     denominator = jnp.add(*promote(root, eps))
     return jnp.divide(*promote(numerator, denominator)).astype(g.dtype)
-
-
-def _at(rate: optax.ScalarOrSchedule, count: jax.Array) -> float | jax.Array:
-    """A schedule's value at ``count``; a constant as it is."""
-    return rate(count) if callable(rate) else rate
 
 
 def _own_stream(fmt: MomentFormat, m2: PyTree) -> PyTree:

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from .._rates import increment
 from .._types import PyTree, as_arrays, promote, promoted_dtype
 from .._validation import (
     check_beta,
@@ -27,7 +28,9 @@ _STAGE = "scale_by_adopt"
 class ScaleByAdoptState(NamedTuple):
     """State of ``scale_by_adopt`` (the fields of optax's ``ScaleByAdamState``)."""
 
-    count: jax.Array  # shape=(), int32: steps taken, saturating at 2**31 - 1
+    # shape=(), int32: steps taken, saturating at 2**31 - 1
+    # (named as in optax's states, so it shadows tuple.count)
+    count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]
     mu: PyTree  # first moment m of the normalised gradient, in its state format
     nu: PyTree  # second moment v of the gradient, in its state format
 
@@ -150,9 +153,9 @@ def scale_by_adopt(
             updates,
             state.mu,
             state.nu,
-            lambda *stored: update_leaf(*stored, step),
+            lambda *stored: update_leaf(*stored, step=step),
         )
-        count = optax.safe_increment(state.count)
+        count = increment(state.count)
         return new_updates, ScaleByAdoptState(count=count, mu=mu, nu=nu)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from .._rates import decay_power, like
+from .._rates import decay_power, increment, like
 from .._types import InfNormMoments, Moments, PyTree, map_moments, promote
 from .._validation import check_beta, check_flag, check_non_negative, require_moment_tree
 from ._deprecation import renamed_keyword
@@ -18,13 +18,17 @@ _STAGE = "bias_correct"
 class BiasCorrectState(NamedTuple):
     """State of ``bias_correct``."""
 
-    count: jax.Array  # shape=(), int32: steps taken, saturating at 2**31 - 1
+    # shape=(), int32: steps taken, saturating at 2**31 - 1
+    # (named as in optax's states, so it shadows tuple.count)
+    count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]
 
 
 class MomentumScheduleState(NamedTuple):
     """State of ``bias_correct(nesterov=True, momentum_decay=ψ)`` (PyTorch's NAdam)."""
 
-    count: jax.Array  # shape=(), int32: steps taken, saturating at 2**31 - 1
+    # shape=(), int32: steps taken, saturating at 2**31 - 1
+    # (named as in optax's states, so it shadows tuple.count)
+    count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]
     mu_product: jax.Array  # shape=(), default float dtype (as torch): Π_{i<=t} μ_i
 
 
@@ -115,7 +119,7 @@ def bias_correct(
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
         require_moment_tree("bias_correct", updates)
-        t = optax.safe_increment(state.count)
+        t = increment(state.count)
         mu, nu, grad = (
             map_moments(lambda m, f=f: getattr(m, f), updates) for f in ("mu", "nu", "grad")
         )
@@ -155,7 +159,7 @@ def _first_moment(b1, nesterov, correct_mu, mu, grad, t) -> PyTree:
     if nesterov:
         return jax.tree.map(
             lambda m_hat, g_hat: _sum(_times(b1, m_hat), _times(1 - b1, g_hat)),
-            bias_correction(mu, b1, optax.safe_increment(t)),
+            bias_correction(mu, b1, increment(t)),
             bias_correction(grad, b1, t),
         )
     return bias_correction(mu, b1, t) if correct_mu else mu

@@ -35,7 +35,7 @@ class BlockRmsState(NamedTuple):
     leaves, so that paths handing the chain pieces of leaves can refuse it."""
 
 
-def clip_by_block_rms(threshold: float) -> optax.GradientTransformation:
+def clip_by_block_rms(threshold: float | jax.Array) -> optax.GradientTransformation:
     r"""Divide each leaf's update by :math:`\max(1, \operatorname{RMS}(u) / d)`
     (Adafactor's update clipping; ``optax.clip_by_block_rms``).
 
@@ -75,6 +75,7 @@ def scale_by_param_block_rms(min_scale: float = 1e-3) -> optax.GradientTransform
     check_non_negative("min_scale", min_scale)
 
     def scale(u: jax.Array, p: jax.Array | None) -> jax.Array:
+        assert p is not None, "needs_params: the stage refuses an update without params"
         return jnp.multiply(*promote(u, optax.safe_root_mean_squares(p, min_scale)))
 
     return _per_tensor("scale_by_param_block_rms", scale, needs_params=True)

@@ -144,10 +144,10 @@ def _require_direction(directions: PyTree) -> None:
 def alignment(u: jax.Array, x: jax.typing.ArrayLike) -> jax.Array:
     r"""Element by element :math:`\operatorname{Re}(\bar u\, x)` (``u * x`` for real leaves),
     in the operands' promoted dtype (real)."""
-    u, x = promote(u, x)
-    if jnp.iscomplexobj(u):
-        return u.real * x.real + u.imag * x.imag
-    return u * x
+    a, b = promote(u, x)
+    if jnp.iscomplexobj(a):
+        return a.real * b.real + a.imag * b.imag
+    return a * b
 
 
 def _caution_leaf(u: jax.Array, g: jax.Array, rescale: Rescale) -> tuple[jax.Array, jax.Array]:

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from .._rates import increment
 from .._types import PyTree, as_arrays, promote
 from .._validation import (
     check_flag,
@@ -33,7 +34,9 @@ _STAGE = "scale_by_factored_rms"
 class FactoredRmsState(NamedTuple):
     """State of ``scale_by_factored_rms``."""
 
-    count: jax.Array  # shape=(), int32: steps taken, saturating (optax's FactoredState.count)
+    # shape=(), int32: steps taken, saturating (optax's FactoredState.count)
+    # (named as in optax's states, so it shadows tuple.count)
+    count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]
     nu: PyTree  # v: an adamx.FactoredMoment (row/col means; the full v where a leaf does not
     # factor), in the params' dtype; with factored=False a tree of full v shaped like the params
 
@@ -44,7 +47,7 @@ def decay_rate_pow(step: jax.typing.ArrayLike, exponent: jax.typing.ArrayLike = 
     as optax's ``_decay_rate_pow``: 0 at the first step (v = the first |g|²), then slowly
     towards 1."""
     t = jnp.array(step + 1, jnp.float32)
-    return 1.0 - t ** (-exponent)
+    return 1.0 - t ** (-jnp.asarray(exponent))
 
 
 def scale_by_factored_rms(
@@ -142,7 +145,7 @@ def scale_by_factored_rms(
             scaled.append(u)
             moments.append((row, col) if fmt.fields else fmt.encode(row, s, None))
         nu = write_moment(fmt, treedef, moments, None, state.nu)
-        count = optax.safe_increment(state.count)
+        count = increment(state.count)
         return treedef.unflatten(scaled), FactoredRmsState(count=count, nu=nu)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -163,6 +166,7 @@ def _update_leaf(
     if col is None:
         return jnp.multiply(*promote(g, row**-0.5)), (row, None)
     dims = factors.dims(g.shape)
+    assert dims is not None, "a leaf with a column factor factors"
     row_col_mean = jnp.mean(row, axis=reduced_d1(dims), keepdims=True)
     row_factor, col_factor = expand_factors((row / row_col_mean) ** -0.5, col**-0.5, dims)
     return jnp.multiply(*promote(jnp.multiply(*promote(g, row_factor)), col_factor)), (row, col)

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from .._rates import decay_power, ema
+from .._rates import decay_power, ema, increment
 from .._types import PyTree, as_arrays, promote
 from .._validation import (
     check_beta,
@@ -27,7 +27,9 @@ _STAGE = "scale_by_laprop"
 class ScaleByLapropState(NamedTuple):
     """State of ``scale_by_laprop``."""
 
-    count: jax.Array  # shape=(), int32: steps taken, saturating at 2**31 - 1
+    # shape=(), int32: steps taken, saturating at 2**31 - 1
+    # (named as in optax's states, so it shadows tuple.count)
+    count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]
     mu: PyTree  # first moment m of the normalised gradient, in its state format
     nu: PyTree  # second moment v of the gradient, in its state format
     lr_ema: jax.Array | None = None  # shape=(), default float: c_t, with ``learning_rate`` only
@@ -143,7 +145,7 @@ def scale_by_laprop(
         require_update_tree(_STAGE, updates)
         updates = as_arrays(updates)
         check_float_leaves(_STAGE, "gradient", updates)
-        count = optax.safe_increment(state.count)
+        count = increment(state.count)
         alpha, lr_ema = None, None
         if learning_rate is None:
             correction1 = 1 - decay_power(b1, count)
@@ -158,11 +160,12 @@ def scale_by_laprop(
             updates,
             state.mu,
             state.nu,
-            lambda *stored: update_leaf(*stored, corrections),
+            lambda *stored: update_leaf(*stored, corrections=corrections),
         )
         return new_updates, ScaleByLapropState(count=count, mu=mu, nu=nu, lr_ema=lr_ema)
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    # optax's OptState (ArrayTree) leaves out None, a valid state leaf (lr_ema without a rate)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)  # pyright: ignore[reportArgumentType]
 
 
 def normalised(

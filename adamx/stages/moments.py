@@ -131,7 +131,7 @@ def scale_by_moments(
         check_float_leaves(_STAGE, "gradient", updates)
 
         def leaf(path, *stored):
-            return update_leaf(path, *stored, skipped.get(_keystr(path)))
+            return update_leaf(path, *stored, skipped=skipped.get(_keystr(path)))
 
         moments, mu, nu = update_moments(
             _STAGE, mu_format, nu_format, updates, state.mu, state.nu, leaf

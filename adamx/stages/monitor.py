@@ -29,8 +29,8 @@ Per leaf by nature, it refuses the buckets of ``adamx.pack`` / ``multi_tensor`` 
 instead: ``monitor(multi_tensor(tx))``); ``adamx.sparse_rows`` refuses it inside.
 """
 
-from collections.abc import Callable, Hashable
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -47,6 +47,7 @@ _STAGE = "monitor"
 ROOT_LABEL = "params"  # the one group of a tree that is a single array
 
 Groups = PyTree | Callable[[optax.Params], PyTree] | None
+Label = Any  # a group's label: hashable and sortable (a key of the params, or the user's)
 
 
 class MonitorStats(NamedTuple):
@@ -185,10 +186,10 @@ def _group_sums(groups: Groups, grads: PyTree, sums: list[_Sums], expected: list
     return {k: _add([s for s, lab in zip(sums, labels, strict=True) if lab == k]) for k in expected}
 
 
-def _zero_stats(labels: list[Hashable]) -> MonitorStats:
+def _zero_stats(labels: list[Label]) -> MonitorStats:
     """The statistics before the first step: zeros, so the state's structure never changes."""
     zero = jnp.zeros((), jnp.float32)
-    stats = dict.fromkeys(MonitorStats._fields, zero)
+    stats: dict[str, Any] = dict.fromkeys(MonitorStats._fields, zero)
     stats["group_update_rms"] = dict.fromkeys(labels, zero)
     stats["group_update_param_ratio"] = dict.fromkeys(labels, zero)
     return MonitorStats(**{**stats, "nonfinite_grads": jnp.zeros((), jnp.int32)})
@@ -215,7 +216,7 @@ def _add(sums: list[_Sums]) -> _Sums:
     zero = jnp.zeros((), jnp.float32)
     out = _Sums(zero, zero, zero, zero, 0, jnp.zeros((), jnp.int32))
     for s in sums:
-        out = _Sums(*(a + b for a, b in zip(out, s, strict=True)))
+        out = _Sums._make(a + b for a, b in zip(out, s, strict=True))
     return out
 
 
@@ -246,7 +247,7 @@ def _nodes(tree: PyTree, state_type: type) -> list:
     return [n for n in nodes if isinstance(n, state_type)]
 
 
-def _leaf_labels(groups: Groups, tree: PyTree) -> list[Hashable]:
+def _leaf_labels(groups: Groups, tree: PyTree) -> list[Label]:
     """The group label of each leaf of ``tree``, in ``jax.tree.leaves`` order."""
     if groups is None:
         paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
@@ -274,7 +275,7 @@ def _leaf_labels(groups: Groups, tree: PyTree) -> list[Hashable]:
     return out
 
 
-def _key_label(key: object) -> Hashable:
+def _key_label(key: object) -> Label:
     """A dict's key, a sequence's index, an attribute's name."""
     return next((getattr(key, a) for a in ("key", "idx", "name") if hasattr(key, a)), str(key))
 

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from .._rates import decay_power, like
+from .._rates import decay_power, increment, like
 from .._types import InfNormMoments, Moments, map_moments, promote
 from .._validation import check_beta, check_flag, check_non_negative, is_zero, require_moment_tree
 from ._deprecation import renamed_keyword
@@ -17,7 +17,9 @@ _STAGE = "scale_by_rsqrt"
 class ScaleByRsqrtState(NamedTuple):
     """State of ``scale_by_rsqrt`` when it needs the step (``epsilon_hat`` or ``threshold``)."""
 
-    count: jax.Array  # shape=(), int32: steps taken, saturating at 2**31 - 1
+    # shape=(), int32: steps taken, saturating at 2**31 - 1
+    # (named as in optax's states, so it shadows tuple.count)
+    count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]
 
 
 def scale_by_rsqrt(
@@ -118,15 +120,15 @@ def scale_by_rsqrt(
         del params, extra_args
         require_moment_tree(_STAGE, updates)
         eps_t, rho, r, new_state = eps, None, None, state
-        if counted:
-            t = optax.safe_increment(state.count)
+        if b2 is not None:  # counted
+            t = increment(state.count)
             eps_t = eps / jnp.sqrt(1 - decay_power(b2, t)) if epsilon_hat else eps
             rho, r = (None, None) if threshold is None else rectification(b2, t)
             new_state = ScaleByRsqrtState(t)
 
         def step(m: Moments) -> jax.Array:
             u = adaptive(m, eps_t, r)
-            if rho is not None:  # below the threshold, plain momentum: u = m̂
+            if rho is not None and threshold is not None:  # below it, plain momentum: u = m̂
                 u = jnp.where(rho >= threshold, *promote(u, m.mu))
             return u.astype(m.grad.dtype)
 

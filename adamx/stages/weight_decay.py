@@ -186,8 +186,9 @@ def _divided(
     """λ_t / α̂, a number or a schedule like ``weight_decay``."""
     if not callable(weight_decay):
         return weight_decay / peak
+    schedule = weight_decay  # a schedule, for the closure
 
-    def relative(count: jax.Array) -> jax.Array:
-        return weight_decay(count) / peak
+    def relative(count: jax.typing.ArrayLike) -> jax.typing.ArrayLike:
+        return schedule(count) / peak
 
     return relative

@@ -54,9 +54,9 @@ class MonitorStats(NamedTuple):
     """One step's statistics (zeros before the first step); formulas in the module docstring."""
 
     update_rms: jax.Array  # float32 []: RMS(u) over every element
-    group_update_rms: dict  # label -> float32 []: RMS(u) over the group's elements
+    group_update_rms: dict[Label, jax.Array]  # float32 []: RMS(u) over each group's elements
     update_param_ratio: jax.Array  # float32 []: RMS(u) / RMS(θ) = ‖u‖ / ‖θ‖
-    group_update_param_ratio: dict  # label -> float32 []: the same over the group
+    group_update_param_ratio: dict[Label, jax.Array]  # label -> float32 []: the same over the group
     grad_rms: jax.Array  # float32 []: RMS(g), g the gradient the wrapper received
     effective_lr: jax.Array  # float32 []: η = -Re⟨u, g⟩ / ‖g‖²
     descent_cosine: jax.Array  # float32 []: -Re⟨u, g⟩ / (‖u‖ ‖g‖)

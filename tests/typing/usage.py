@@ -39,10 +39,15 @@ def train(steps: int = 3) -> optax.Params:
         schedule, weight_decay=1e-2, mu_dtype=fmt, nu_dtype=adamx.stochastic_float(jnp.bfloat16)
     )
     state = tx.init(params)
-    for _ in range(steps):
+
+    @jax.jit
+    def step(params: optax.Params, state: optax.OptState) -> tuple[optax.Params, optax.OptState]:
         grads = jax.grad(loss)(params, x)
         updates, state = tx.update(grads, state, params)
-        params = optax.apply_updates(params, updates)
+        return optax.apply_updates(params, updates), state
+
+    for _ in range(steps):
+        params, state = step(params, state)
 
     # The other members of the family, with their dtype and format arguments.
     others: list[optax.GradientTransformation] = [

@@ -173,6 +173,13 @@ def check_scalar_or_schedule(name: str, value: Any) -> None:
 
 
 def check_float_dtype(name: str, dtype: Any) -> None:
+    if isinstance(dtype, (jax.Array, np.ndarray, np.generic)):
+        raise TypeError(
+            f"{name} must be a floating-point dtype, a moment format, or None; got an array "
+            f"(dtype {dtype.dtype}). A dtype passed through optax.inject_hyperparams is called "
+            "as if it were a schedule: list it in static_args, e.g. optax.inject_hyperparams("
+            f"adamx.adam, static_args=({name!r},))."
+        )
     try:
         ok = dtype is None or jnp.issubdtype(dtype, jnp.inexact)
         shown = dtype if dtype is None else jnp.dtype(dtype)

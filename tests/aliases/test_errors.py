@@ -1,5 +1,7 @@
 """Bad input fails early, with a message naming the argument or pytree path and the fix."""
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -177,3 +179,18 @@ def test_mask_prefix_is_accepted():
     zeros = jax.tree.map(jnp.zeros_like, params)
     updates, _ = tx.update(zeros, tx.init(params), params)
     assert float(updates["dense"]["w"][0, 0]) == -0.5 and float(updates["norm"]["scale"][0]) == 0
+
+
+@pytest.mark.parametrize("argument", ["mu_dtype", "nu_dtype"])
+def test_dtype_through_inject_hyperparams_names_static_args(argument):
+    """inject_hyperparams calls a dtype (a callable) as a schedule: the array that arrives is
+    refused by name, with the static_args fix, not an unhashable-type error at init."""
+    tx = optax.inject_hyperparams(adamx.adam)(learning_rate=1e-3, **{argument: jnp.bfloat16})
+    with pytest.raises(TypeError, match=rf"{argument} must be .* got an array .*static_args"):
+        tx.init({"w": jnp.ones(3)})
+    fixed = optax.inject_hyperparams(adamx.adam, static_args=(argument,))
+    narrow_v = pytest.warns(UserWarning, match="never decay")  # bf16 v: the usual advice
+    with narrow_v if argument == "nu_dtype" else contextlib.nullcontext():
+        state = fixed(learning_rate=1e-3, **{argument: jnp.bfloat16}).init({"w": jnp.ones(3)})
+    moment = state.inner_state[0].mu if argument == "mu_dtype" else state.inner_state[0].nu
+    assert moment["w"].dtype == jnp.bfloat16

@@ -155,13 +155,21 @@ def script(page_fences: list[Fence]) -> str:
 
 
 def pages() -> list[Path]:
-    """README.md and every docs/**/*.md, the built site and generated pages left out."""
+    """README.md, every docs/**/*.md (the built site and generated pages left out) and every
+    file a page pulls in with MyST's ``{include}`` (benchmarks/README.md, CHANGELOG.md): the
+    site shows their blocks too."""
     docs = sorted(
         path
         for path in (ROOT / "docs").rglob("*.md")
         if not any(part.startswith(("_", ".")) or part == "generated" for part in path.parts)
     )
-    return [ROOT / "README.md", *docs]
+    found = [ROOT / "README.md", *docs]
+    for page in docs:
+        for target in re.findall(r"^```\{include\}\s+(\S+)", page.read_text(), re.MULTILINE):
+            path = (page.parent / target).resolve()
+            if path not in found:
+                found.append(path)
+    return found
 
 
 def _page_id(path: Path) -> str:
@@ -295,4 +303,5 @@ def test_fence_scanner() -> None:
 def test_pages_are_found() -> None:
     """The scan sees the README and the guide pages (a broken scan would test nothing)."""
     found = {_page_id(path) for path in PYTHON_PAGES}
-    assert {"README.md", "docs/training_loops.md", "docs/low_memory.md"} <= found, found
+    expected = {"README.md", "docs/training_loops.md", "docs/low_memory.md", "benchmarks/README.md"}
+    assert expected <= found, found

@@ -10,9 +10,8 @@ with the list of mismatches otherwise (pip may not silently upgrade a floor).
 import importlib.metadata
 import re
 import sys
-from pathlib import Path
-
 import tomllib
+from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 

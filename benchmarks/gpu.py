@@ -737,7 +737,7 @@ def plot(results: dict, path: Path) -> bool:
 def conditions() -> dict:
     dev = jax.devices()[0]
     info = {
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "device_kind": dev.device_kind,
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],

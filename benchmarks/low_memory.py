@@ -35,7 +35,7 @@ import os
 import platform
 import subprocess
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -912,7 +912,7 @@ def conditions(task_specs: dict) -> dict:
         },
         "factor_min_dim": FACTOR_MIN_DIM,
         "large_tensor_min_size": LARGE,
-        "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M UTC"),
+        "date_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M UTC"),
         "machine": f"{platform.system()}-{platform.release()} {platform.machine()}",
         "git_commit": commit or "unknown",
         "jax": jax.__version__,

@@ -43,7 +43,7 @@ import statistics
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import jax
@@ -720,7 +720,7 @@ def conditions() -> dict:
         check=False,
     ).stdout.strip()
     return {
-        "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M UTC"),
+        "date_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M UTC"),
         "machine": f"{platform.system()}-{platform.release()} {platform.machine()}",
         "cpu_count": os.cpu_count(),
         "load_average": os.getloadavg(),

@@ -787,9 +787,7 @@ def main(argv=None) -> int:
     if args.table:
         table = readme_table(json.loads(args.out.read_text()))
         if args.write_readme:
-            readmes = [
-                Path(p) for p in args.readme or (ROOT / "README.md", RESULTS.parent / "README.md")
-            ]
+            readmes = [Path(p) for p in args.readme or (RESULTS.parent / "README.md",)]
             written = write_readme(table, readmes)
             print(f"wrote the table into {[str(p) for p in written] or 'no file (no markers)'}")
         print(table)

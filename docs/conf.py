@@ -86,6 +86,8 @@ nitpick_ignore = _private_type_aliases()
 
 html_theme = "furo"
 html_title = f"adamx {release}"
+html_static_path = ["_static"]
+html_css_files = ["custom.css"]
 
 
 def _source_signature(obj: Any) -> tuple[str, str | None] | None:

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from .._rates import decay_power, ema, increment
+from .._rates import decay_power, ema, increment, rate_at
 from .._types import PyTree, as_arrays, promote
 from .._validation import (
     check_beta,
@@ -191,8 +191,7 @@ def normalised(
 def _rate(learning_rate: optax.ScalarOrSchedule, count: jax.Array) -> jax.Array:
     """α_t at the step count (a schedule's value, or the constant), a scalar of the default
     float dtype (float32; float64 under x64, as the reference's Python floats)."""
-    alpha = learning_rate(count) if callable(learning_rate) else learning_rate
-    return jnp.asarray(alpha).astype(float)
+    return jnp.asarray(rate_at(learning_rate, count)).astype(float)
 
 
 def _check_options(b1, b2, eps, eps_root, epsilon_hat, learning_rate) -> None:
